@@ -1,0 +1,5 @@
+import sys
+
+from edgehaze.cli import main
+
+sys.exit(main())

@@ -1,0 +1,2 @@
+"""RGB dehazing backbones. Importing this package registers them all."""
+from edgehaze.models.backbones import dehazeformer, edge  # noqa: F401  (registration)

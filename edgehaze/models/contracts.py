@@ -1,0 +1,81 @@
+"""The two contracts every pluggable network follows.
+
+*Backbones* (RGB dehazers) take an image in [0, 1] (B x 3 x H x W, any H and
+W) and return the restored image in the same range and size. Each declares
+its fusion points: the sub-modules whose output a depth-fusion block may
+refine, by dotted module name, with the channel count and the stride of that
+output relative to the input image. Fusion is plugged in from outside by
+wrapping those sub-modules, so no backbone file knows about depth.
+
+*Depth providers* (frozen teachers such as Depth Anything V2, or trainable
+student encoders) take the same [0, 1] image and return multi-scale feature
+maps, finest first, with their channel counts and nominal strides declared.
+A student is therefore a drop-in for a teacher.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import List, Sequence
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class FusionPoint:
+    """A place in a backbone where depth features can be fused.
+
+    name: dotted name of the sub-module ``F`` whose output is refined
+        (``y = F(x) + Z2(RDF(F(x), Z1(c)))``).
+    channels: channels of ``F``'s output.
+    stride: spatial stride of ``F``'s output relative to the backbone input.
+    """
+
+    name: str
+    channels: int
+    stride: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Backbone(nn.Module):
+    """Base class for RGB dehazing backbones (see module docstring)."""
+
+    #: registry name, set by the factory
+    arch: str = ""
+
+    def fusion_points(self) -> List[FusionPoint]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def build_kwargs(self) -> dict:
+        """Keyword arguments that rebuild this backbone with its factory."""
+        return dict(getattr(self, "_build_kwargs", {}))
+
+
+class DepthProvider(nn.Module):
+    """Base class for depth feature providers (teachers and students).
+
+    Attributes set by subclasses:
+      feature_channels: channels of each returned feature map, finest first.
+      feature_strides: nominal stride of each map relative to the input image.
+      model_id: registry name (``dav2-l``, ``tiny``, ``student-s`` ...).
+      license: licence of the weights (travels into every artifact).
+      trainable: False for frozen teachers; their weights are not stored in
+        dehazer checkpoints (they are rebuilt from ``depth_weights``).
+    """
+
+    feature_channels: Sequence[int] = ()
+    feature_strides: Sequence[float] = ()
+    model_id: str = ""
+    license: str = "unknown"
+    trainable: bool = False
+
+    def features(self, image: torch.Tensor) -> List[torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, image: torch.Tensor) -> List[torch.Tensor]:
+        return self.features(image)
+
+    def build_kwargs(self) -> dict:
+        return dict(getattr(self, "_build_kwargs", {}))
