@@ -1,0 +1,228 @@
+"""The runtime API: ``create`` / ``run`` / ``close`` and the :class:`Dehazer` they wrap.
+
+The three functions mirror the C contract in README.md (``eh_create``,
+``eh_run``, ``eh_close``) so a C/C++ host and a Python host behave alike on
+the same artifact. Frames are uint8 [H, W, 3] C-contiguous buffers in the
+artifact's ``channel_order``; all maths happens inside the graph.
+
+Passing ``out`` (a uint8 [H, W, 3] array you keep) makes ``run`` allocate
+nothing in the steady state: the output buffer is bound to the backend once
+and re-bound only when its address or the frame size changes.
+A :class:`Dehazer` is not thread-safe; use one per thread.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .artifact import Artifact, resolve
+from .backends import Buffer, open_backend
+from .errors import RuntimeError_, Status
+
+
+@dataclass
+class Options:
+    """``eh_options``: how to run an artifact (every field has a sane default)."""
+
+    provider: str = "auto"            # auto | trt | cuda | cpu | full ORT provider name
+    threads: int = 2                  # ORT intra-op threads (0 = ORT default: all cores)
+    inter_op_threads: int = 1
+    graph_optimization: str = "all"   # disable | basic | extended | all
+    optimized_model_path: str | None = None  # save ORT's optimised graph here (depth/fuse get .depth/.fuse)
+    depth_every: int = 1              # refresh depth features every N frames (N>1 needs the two-graph export)
+    device_id: int = 0
+    trt_cache_dir: str | None = None  # ORT TensorRT provider engine cache (default: ARTIFACT_DIR/trt_cache)
+
+    @classmethod
+    def coerce(cls, options: "Options | dict | None") -> "Options":
+        if options is None:
+            return cls()
+        if isinstance(options, cls):
+            return options
+        if isinstance(options, dict):
+            known = {f.name for f in fields(cls)}
+            unknown = sorted(set(options) - known)
+            if unknown:
+                raise RuntimeError_(Status.BAD_ARGUMENT, f"unknown option(s) {unknown}; known: {sorted(known)}")
+            return cls(**options)
+        raise RuntimeError_(Status.BAD_ARGUMENT, f"options must be Options, dict or None, got {type(options).__name__}")
+
+
+class Dehazer:
+    """An opened artifact: ``Dehazer(path, options).run(frame, out)``.
+
+    Attributes a host may read: ``backend_name`` (which backend/provider
+    really runs), ``channel_order`` (the order frames must be in), ``meta``
+    (the sidecar), ``depth_every``, ``frames`` and ``depth_refreshes``.
+    """
+
+    def __init__(self, artifact_path: str | Path, options: Options | dict | None = None) -> None:
+        self.options = Options.coerce(options)
+        n = self.options.depth_every
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise RuntimeError_(Status.BAD_ARGUMENT, f"depth_every must be an integer >= 1, got {n!r}")
+        self.artifact: Artifact = resolve(artifact_path)
+        kw = asdict(self.options)
+        kw.pop("depth_every")
+        self._backend = open_backend(self.artifact, two_graph=n > 1, **kw)
+        self.backend_name: str = self._backend.name
+        self.device: str = self._backend.device
+        self.meta: dict = self.artifact.meta
+        self.channel_order: str = self.artifact.channel_order
+        self.depth_every = n
+        self.frames = 0
+        self.depth_refreshes = 0
+        self._since_refresh = n  # forces a refresh on the first frame
+        self._fixed_hw = self._fixed_size()
+        self._closed = False
+
+    # -- properties ---------------------------------------------------------------------------------
+    @property
+    def fixed_size(self) -> tuple[int, int] | None:
+        """(H, W) when the artifact was exported for one frame size, else None."""
+        return self._fixed_hw
+
+    def _fixed_size(self) -> tuple[int, int] | None:
+        shape = list(self._backend.input_shape)
+        if isinstance(shape[1], int) and isinstance(shape[2], int) and shape[1] > 0 and shape[2] > 0:
+            return int(shape[1]), int(shape[2])
+        return None
+
+    # -- running ------------------------------------------------------------------------------------
+    def run(self, frame: Any, out: Any = None) -> Any:
+        """Dehaze one uint8 [H, W, 3] frame into ``out`` (allocated when None) and return ``out``."""
+        if self._closed:
+            raise RuntimeError_(Status.CLOSED, "run() on a closed handle")
+        src = self._buffer(frame, "frame", writable=False)
+        h, w = src.shape[1], src.shape[2]
+        self._check_size(h, w)
+        if out is None:
+            if src.device != "cpu":
+                raise RuntimeError_(Status.BAD_ARGUMENT,
+                                    "a GPU frame needs a GPU `out` buffer (__cuda_array_interface__) of the same shape")
+            out = np.empty((h, w, 3), np.uint8)
+        dst = self._buffer(out, "out", writable=True)
+        if dst.shape != src.shape:
+            raise RuntimeError_(Status.SHAPE, f"out has shape {dst.shape[1:]}, frame needs ({h}, {w}, 3)")
+        if self._backend.two_graph:
+            if self._since_refresh >= self.depth_every or self._backend._feat_shape != src.shape:
+                self._backend.refresh_depth(src)
+                self._since_refresh = 0
+                self.depth_refreshes += 1
+            self._backend.run_fuse(src, dst)
+            self._since_refresh += 1
+        else:
+            self._backend.run_full(src, dst)
+        self.frames += 1
+        return out
+
+    __call__ = run
+
+    def refresh_depth_next(self) -> None:
+        """Make the next ``run`` recompute the depth features (e.g. after a scene cut)."""
+        self._since_refresh = self.depth_every
+
+    def _check_size(self, h: int, w: int) -> None:
+        if self._fixed_hw is not None and (h, w) != self._fixed_hw:
+            raise RuntimeError_(Status.SHAPE,
+                                f"{self.artifact.model_path.name} was exported for {self._fixed_hw[1]}x"
+                                f"{self._fixed_hw[0]} (WxH) frames, got {w}x{h}; resize or export dynamic")
+        ranges = self.meta.get("shape_ranges") or {}
+        lo, hi = ranges.get("min"), ranges.get("max")
+        if lo and hi and not (lo[1] <= h <= hi[1] and lo[2] <= w <= hi[2]):
+            raise RuntimeError_(Status.SHAPE,
+                                f"frame {w}x{h} (WxH) is outside the artifact's shape range "
+                                f"{lo[2]}x{lo[1]} .. {hi[2]}x{hi[1]}")
+
+    def _buffer(self, obj: Any, what: str, *, writable: bool) -> Buffer:
+        """Describe a caller buffer without copying it; reject anything that is not uint8 HxWx3 C-contiguous."""
+        if isinstance(obj, np.ndarray) or (hasattr(obj, "__array_interface__")
+                                           and not hasattr(obj, "__cuda_array_interface__")):
+            arr = obj if isinstance(obj, np.ndarray) else np.asarray(obj)
+            iface = arr.__array_interface__
+            shape = arr.shape
+            if arr.dtype != np.uint8:
+                raise RuntimeError_(Status.BAD_ARGUMENT, f"{what} must be uint8, got {arr.dtype}")
+            if not arr.flags.c_contiguous:
+                raise RuntimeError_(Status.BAD_ARGUMENT,
+                                    f"{what} must be C-contiguous (np.ascontiguousarray(...) it once)")
+            if writable and not arr.flags.writeable:
+                raise RuntimeError_(Status.BAD_ARGUMENT, f"{what} is read-only")
+            return Buffer(iface["data"][0], self._nhwc(shape, what), "cpu", arr)
+        cuda = getattr(obj, "__cuda_array_interface__", None)
+        if cuda is not None:
+            if self.device != "cuda":
+                raise RuntimeError_(Status.UNSUPPORTED,
+                                    f"{what} is GPU memory (__cuda_array_interface__) but the backend "
+                                    f"{self.backend_name} runs on the CPU; pass a host array or use "
+                                    "provider=cuda/trt or a .engine")
+            if cuda.get("typestr") != "|u1":
+                raise RuntimeError_(Status.BAD_ARGUMENT, f"{what} must be uint8, got {cuda.get('typestr')}")
+            shape = tuple(cuda["shape"])
+            strides = cuda.get("strides")
+            if strides is not None and tuple(strides) != _c_strides(shape):
+                raise RuntimeError_(Status.BAD_ARGUMENT, f"{what} (GPU) must be C-contiguous")
+            ptr, readonly = cuda["data"]
+            if writable and readonly:
+                raise RuntimeError_(Status.BAD_ARGUMENT, f"{what} (GPU) is read-only")
+            return Buffer(int(ptr), self._nhwc(shape, what), "cuda", obj)
+        raise RuntimeError_(Status.BAD_ARGUMENT,
+                            f"{what} must be a numpy array or expose __array_interface__ "
+                            f"(or __cuda_array_interface__ on GPU backends), got {type(obj).__name__}")
+
+    @staticmethod
+    def _nhwc(shape: tuple, what: str) -> tuple[int, int, int, int]:
+        if len(shape) == 4 and shape[0] == 1:
+            shape = shape[1:]
+        if len(shape) != 3 or shape[2] != 3:
+            raise RuntimeError_(Status.SHAPE, f"{what} must be [H, W, 3] (or [1, H, W, 3]), got {list(shape)}")
+        if shape[0] < 1 or shape[1] < 1:
+            raise RuntimeError_(Status.SHAPE, f"{what} is empty: {list(shape)}")
+        return (1, int(shape[0]), int(shape[1]), 3)
+
+    # -- lifetime -----------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the sessions/engine; further ``run`` calls raise CLOSED. Idempotent."""
+        if not self._closed:
+            self._backend.close()
+            self._closed = True
+
+    def __enter__(self) -> "Dehazer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Dehazer({self.artifact.model_path.name!r}, backend={self.backend_name!r}, "
+                f"channel_order={self.channel_order!r}, depth_every={self.depth_every})")
+
+
+def _c_strides(shape: tuple) -> tuple:
+    strides, acc = [], 1
+    for d in reversed(shape):
+        strides.append(acc)
+        acc *= d
+    return tuple(reversed(strides))
+
+
+def create(artifact_path: str | Path, options: Options | dict | None = None) -> Dehazer:
+    """``eh_create``: open an artifact; the handle reports ``handle.backend_name``."""
+    return Dehazer(artifact_path, options)
+
+
+def run(handle: Dehazer, frame: Any, out: Any = None) -> Any:
+    """``eh_run``: dehaze ``frame`` (uint8 HxWx3) into ``out`` and return it."""
+    if not isinstance(handle, Dehazer):
+        raise RuntimeError_(Status.BAD_ARGUMENT, f"handle must come from create(), got {type(handle).__name__}")
+    return handle.run(frame, out)
+
+
+def close(handle: Dehazer) -> None:
+    """``eh_close``: release a handle (idempotent)."""
+    if not isinstance(handle, Dehazer):
+        raise RuntimeError_(Status.BAD_ARGUMENT, f"handle must come from create(), got {type(handle).__name__}")
+    handle.close()

@@ -1,0 +1,188 @@
+"""Find and validate an exported artifact (contract v1: see README.md).
+
+An artifact is ``NAME.onnx`` (or ``NAME.engine``) plus the sidecar
+``NAME.json``; the same keys live in the ONNX ``metadata_props`` so a lone
+``.onnx`` still carries its contract. This module only reads files and
+checks the declared contract; the graph's real inputs are checked by the
+backend once a session exists (:func:`check_graph_io`).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import RuntimeError_, Status
+
+FORMAT = "edgehaze-artifact"
+SUPPORTED_VERSION = 1
+CHANNEL_ORDERS = ("RGB", "BGR")
+
+
+@dataclass
+class Artifact:
+    """Where an artifact's files are and what its sidecar says."""
+
+    model_path: Path                 # NAME.onnx or NAME.engine (the "full" graph)
+    kind: str                        # "onnx" | "engine"
+    sidecar_path: Path | None        # None: metadata came from the ONNX metadata_props
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def folder(self) -> Path:
+        return self.model_path.parent
+
+    @property
+    def channel_order(self) -> str:
+        return self.meta["input"]["channel_order"]
+
+    @property
+    def depth_feature_names(self) -> list[str]:
+        return [f["name"] for f in self.meta.get("depth_features") or []]
+
+    def graph_path(self, role: str) -> Path | None:
+        """Path of graph ``role`` ("full", "depth", "fuse"), None when not exported."""
+        if role == "full":
+            return self.model_path
+        name = (self.meta.get("graphs") or {}).get(role)
+        return self.folder / name if name else None
+
+    @property
+    def has_two_graph(self) -> bool:
+        """True when the depth and fuse graphs are declared and present on disk."""
+        if self.kind != "onnx":
+            return False
+        paths = [self.graph_path("depth"), self.graph_path("fuse")]
+        return all(p is not None and p.is_file() for p in paths) and bool(self.depth_feature_names)
+
+
+def resolve(artifact_path: str | Path) -> Artifact:
+    """Locate the model file and sidecar from a path to ``.onnx``/``.engine``/``.json``, a stem or a folder."""
+    if not isinstance(artifact_path, (str, Path)) or str(artifact_path) == "":
+        raise RuntimeError_(Status.BAD_ARGUMENT, f"artifact_path must be a path, got {artifact_path!r}")
+    path = Path(artifact_path)
+    if path.is_dir():
+        sidecars = [p for p in sorted(path.glob("*.json")) if _looks_like_sidecar(p)]
+        models = [p for p in sorted(path.glob("*.onnx")) if p.name.count(".") == 1]
+        engines = sorted(path.glob("*.engine"))
+        if len(sidecars) == 1:
+            path = sidecars[0]
+        elif len(models) == 1:
+            path = models[0]
+        elif len(engines) == 1:
+            path = engines[0]
+        else:
+            raise RuntimeError_(Status.BAD_ARTIFACT,
+                                f"{path}: folder holds {len(sidecars)} sidecars and {len(models)} .onnx files; "
+                                "pass the artifact file (NAME.onnx, NAME.engine or NAME.json) instead")
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        meta = _read_sidecar(path)
+        full = (meta.get("graphs") or {}).get("full")
+        if not full:
+            raise RuntimeError_(Status.BAD_ARTIFACT, f"{path}: sidecar has no graphs.full entry")
+        model = path.parent / full
+        if not model.is_file():
+            engine = path.with_suffix(".engine")
+            if engine.is_file():
+                return Artifact(engine, "engine", path, meta)
+            raise RuntimeError_(Status.BAD_ARTIFACT, f"{model}: graph named by sidecar {path.name} does not exist")
+        return Artifact(model, "engine" if model.suffix == ".engine" else "onnx", path, meta)
+    if suffix not in (".onnx", ".engine"):
+        for cand in (path.with_name(path.name + ".onnx"), path.with_name(path.name + ".engine")):
+            if cand.is_file():
+                path, suffix = cand, cand.suffix
+                break
+    if not path.is_file():
+        raise RuntimeError_(Status.BAD_ARTIFACT,
+                            f"{path}: artifact not found (expected NAME.onnx, NAME.engine, NAME.json or a folder)")
+    kind = "engine" if suffix == ".engine" else "onnx"
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file():
+        return Artifact(path, kind, sidecar, _read_sidecar(sidecar))
+    if kind == "engine":
+        raise RuntimeError_(Status.BAD_ARTIFACT,
+                            f"{path}: a TensorRT engine needs its sidecar {sidecar.name} next to it")
+    return Artifact(path, kind, None, {})  # metadata read from the ONNX by the backend
+
+
+def _looks_like_sidecar(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _read_sidecar(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_text())
+    except OSError as exc:
+        raise RuntimeError_(Status.BAD_ARTIFACT, f"{path}: cannot read sidecar ({exc.strerror})") from None
+    except ValueError as exc:
+        raise RuntimeError_(Status.BAD_ARTIFACT, f"{path}: sidecar is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise RuntimeError_(Status.BAD_ARTIFACT, f"{path}: sidecar must be a JSON object")
+    return meta
+
+
+def meta_from_metadata_props(props: dict[str, str], source: Path) -> dict:
+    """Decode ONNX ``metadata_props`` (each value JSON-encoded) into a sidecar dict."""
+    if "format" not in props:
+        raise RuntimeError_(Status.BAD_ARTIFACT,
+                            f"{source}: no sidecar {source.with_suffix('.json').name} and no edgehaze "
+                            "metadata_props in the ONNX file; re-export with `edgehaze export`")
+    meta = {}
+    for key, value in props.items():
+        try:
+            meta[key] = json.loads(value)
+        except ValueError:
+            meta[key] = value
+    return meta
+
+
+def validate_meta(meta: dict, source: Path) -> None:
+    """Check the declared contract: format/version, uint8 NHWC 3-channel ``image`` -> ``dehazed``."""
+    if meta.get("format") != FORMAT:
+        raise RuntimeError_(Status.BAD_ARTIFACT, f"{source}: format is {meta.get('format')!r}, expected {FORMAT!r}")
+    version = meta.get("version")
+    if version != SUPPORTED_VERSION:
+        raise RuntimeError_(Status.BAD_ARTIFACT,
+                            f"{source}: artifact contract version {version!r}; this runtime reads version "
+                            f"{SUPPORTED_VERSION} (update the runtime or re-export)")
+    for role, name in (("input", "image"), ("output", "dehazed")):
+        spec = meta.get(role)
+        if not isinstance(spec, dict):
+            raise RuntimeError_(Status.BAD_ARTIFACT, f"{source}: sidecar has no '{role}' object")
+        wrong = {k: spec.get(k) for k, v in (("name", name), ("dtype", "uint8"), ("layout", "NHWC"))
+                 if spec.get(k) != v}
+        if wrong:
+            raise RuntimeError_(Status.BAD_ARTIFACT,
+                                f"{source}: {role} contract {wrong} differs from name={name!r}, dtype='uint8', "
+                                "layout='NHWC'")
+        if spec.get("channel_order") not in CHANNEL_ORDERS:
+            raise RuntimeError_(Status.BAD_ARTIFACT,
+                                f"{source}: {role}.channel_order {spec.get('channel_order')!r} is not RGB or BGR")
+
+
+def check_graph_io(inputs: list[tuple[str, str, list]], outputs: list[tuple[str, str, list]],
+                   source: Path, expect_inputs: list[str], expect_outputs: list[str]) -> None:
+    """Check a graph's real I/O against the contract.
+
+    ``inputs``/``outputs`` are (name, onnx type string, shape) triples as ONNX
+    Runtime reports them; ``image`` and ``dehazed`` must be ``tensor(uint8)``
+    of shape [1, H, W, 3].
+    """
+    got_in = [n for n, _, _ in inputs]
+    got_out = [n for n, _, _ in outputs]
+    if sorted(got_in) != sorted(expect_inputs) or not set(expect_outputs) <= set(got_out):
+        raise RuntimeError_(Status.BAD_ARTIFACT,
+                            f"{source}: graph inputs {got_in} / outputs {got_out} do not follow the edgehaze "
+                            f"contract (expected inputs {expect_inputs}, outputs {expect_outputs})")
+    for name, typ, shape in inputs + outputs:
+        if name not in ("image", "dehazed"):
+            continue
+        batch_ok = len(shape) == 4 and (shape[0] in (1, None) or isinstance(shape[0], str))
+        if typ != "tensor(uint8)" or not batch_ok or shape[3] != 3:
+            raise RuntimeError_(Status.BAD_ARTIFACT,
+                                f"{source}: '{name}' is {typ} {shape}; the contract needs tensor(uint8) "
+                                "[1, H, W, 3] (NHWC, 3 channels)")

@@ -1,0 +1,378 @@
+"""Inference backends: ONNX Runtime (TensorRT / CUDA / CPU providers) and native TensorRT.
+
+A backend moves uint8 buffers in and out of the exported graphs and knows
+nothing about frames, streams or Python objects: the :class:`Dehazer`
+hands it :class:`Buffer` records (pointer, shape, device), the same
+arguments a C host passes to ``eh_run``. Outputs are bound once per
+(pointer, shape) so the steady state allocates nothing.
+
+Three calls, matching the artifact's graphs:
+
+- ``run_full(src, dst)``      image -> dehazed (the single graph)
+- ``refresh_depth(src)``      image -> cached depth features (two-graph export)
+- ``run_fuse(src, dst)``      image + cached features -> dehazed
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .artifact import Artifact, check_graph_io, meta_from_metadata_props, validate_meta
+from .errors import RuntimeError_, Status
+
+PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+PROVIDER_ALIASES = {
+    "trt": "TensorrtExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider",
+}
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+class Buffer:
+    """A uint8 NHWC buffer [1, H, W, 3] the backend reads or writes: pointer, shape, device."""
+
+    __slots__ = ("ptr", "shape", "device", "owner")
+
+    def __init__(self, ptr: int, shape: tuple[int, int, int, int], device: str, owner: object) -> None:
+        self.ptr = ptr
+        self.shape = shape
+        self.device = device   # "cpu" | "cuda"
+        self.owner = owner     # keeps the memory alive while bound
+
+
+def _import_ort():
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise RuntimeError_(Status.BACKEND_UNAVAILABLE,
+                            f"onnxruntime is not installed ({exc}); pip install onnxruntime "
+                            "(or onnxruntime-gpu on a CUDA machine)") from None
+    return ort
+
+
+def available_providers() -> list[str]:
+    """ONNX Runtime providers usable here, best first (empty when onnxruntime is missing)."""
+    try:
+        ort = _import_ort()
+    except RuntimeError_:
+        return []
+    have = set(ort.get_available_providers())
+    return [p for p in PROVIDER_PREFERENCE if p in have]
+
+
+def resolve_provider(choice: str) -> str:
+    """Map "auto"/alias/full name to an available provider or raise BACKEND_UNAVAILABLE."""
+    have = available_providers()
+    if choice == "auto":
+        if not have:
+            raise RuntimeError_(Status.BACKEND_UNAVAILABLE, "onnxruntime has no usable provider")
+        return have[0]
+    name = PROVIDER_ALIASES.get(choice.lower(), choice)
+    if name not in PROVIDER_PREFERENCE:
+        raise RuntimeError_(Status.BAD_ARGUMENT,
+                            f"provider {choice!r} is unknown; use auto, trt, cuda, cpu or one of {PROVIDER_PREFERENCE}")
+    if name not in have:
+        hint = " (install onnxruntime-gpu with CUDA/TensorRT libraries)" if name in GPU_PROVIDERS else ""
+        raise RuntimeError_(Status.BACKEND_UNAVAILABLE,
+                            f"provider {name} is not available; available: {have}{hint}")
+    return name
+
+
+class OrtBackend:
+    """ONNX Runtime sessions for the full graph, or for the depth + fuse graphs."""
+
+    def __init__(self, artifact: Artifact, *, provider: str = "auto", threads: int = 2,
+                 inter_op_threads: int = 1, graph_optimization: str = "all",
+                 optimized_model_path: str | Path | None = None, device_id: int = 0,
+                 two_graph: bool = False, trt_cache_dir: str | Path | None = None) -> None:
+        ort = _import_ort()
+        self._ort = ort
+        self.provider = resolve_provider(provider)
+        self.explicit = provider != "auto"
+        self.device = "cuda" if self.provider in GPU_PROVIDERS else "cpu"
+        self.device_id = int(device_id)
+        if graph_optimization not in OPT_LEVELS:
+            raise RuntimeError_(Status.BAD_ARGUMENT,
+                                f"graph_optimization {graph_optimization!r} must be one of {OPT_LEVELS}")
+        if int(threads) < 0:
+            raise RuntimeError_(Status.BAD_ARGUMENT, f"threads must be >= 0 (0 = onnxruntime default), got {threads}")
+        self._threads, self._inter = int(threads), int(inter_op_threads)
+        self._opt_level = graph_optimization
+        self._optimized_path = Path(optimized_model_path) if optimized_model_path else None
+        self._trt_cache_dir = Path(trt_cache_dir) if trt_cache_dir else artifact.folder / "trt_cache"
+        self.artifact = artifact
+        self._run_options = ort.RunOptions()
+
+        first = None
+        if not artifact.meta:  # no sidecar: the contract comes from the ONNX metadata_props
+            first = self._session("full")
+            artifact.meta = meta_from_metadata_props(first.get_modelmeta().custom_metadata_map,
+                                                     artifact.model_path)
+        validate_meta(artifact.meta, artifact.sidecar_path or artifact.model_path)
+        if two_graph and not artifact.has_two_graph:
+            raise RuntimeError_(Status.BAD_ARGUMENT,
+                                f"{artifact.model_path}: depth refresh every N>1 frames needs the two-graph "
+                                "export (graphs.depth + graphs.fuse + depth_features in the sidecar); re-export "
+                                "with the two-graph option or use depth_every=1")
+        if two_graph:
+            first = self._session("depth")
+        elif first is None:
+            first = self._session("full")
+        feats = artifact.depth_feature_names
+        self.two_graph = two_graph
+        if two_graph:
+            self.depth, self.fuse, self.full = first, self._session("fuse"), None
+            self._check(self.depth, "depth", ["image"], feats)
+            self._check(self.fuse, "fuse", ["image", *feats], ["dehazed"])
+        else:
+            self.full, self.depth, self.fuse = first, None, None
+            self._check(self.full, "full", ["image"], ["dehazed"])
+        actual = first.get_providers()[0]
+        if actual != self.provider:
+            if self.explicit:
+                raise RuntimeError_(Status.BACKEND_UNAVAILABLE,
+                                    f"asked for {self.provider} but onnxruntime runs {actual} (see its log)")
+            self.provider = actual
+            self.device = "cuda" if actual in GPU_PROVIDERS else "cpu"
+        self.name = f"onnxruntime/{self.provider}"
+        self.input_shape = first.get_inputs()[0].shape  # [1, H|name, W|name, 3]
+        self._bind = {s: s.io_binding() for s in (self.full, self.depth, self.fuse) if s is not None}
+        self._out_key: dict = {}
+        self._feat_shape = None
+        self._feats: list = []
+        self._feat_names = feats
+
+    # -- sessions ---------------------------------------------------------------------------------
+    def _session(self, role: str):
+        ort = self._ort
+        path = self.artifact.graph_path(role)
+        if path is None or not path.is_file():
+            raise RuntimeError_(Status.BAD_ARTIFACT, f"{path or self.artifact.model_path}: {role} graph is missing")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self._threads
+        so.inter_op_num_threads = self._inter
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self._opt_level]
+        if self._optimized_path is not None:
+            p = self._optimized_path
+            so.optimized_model_filepath = str(p if role == "full" else p.with_name(f"{p.stem}.{role}{p.suffix}"))
+        try:
+            return ort.InferenceSession(str(path), so, providers=self._provider_chain(role))
+        except Exception as exc:  # onnxruntime raises its own pybind exception types
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if not _is_onnx(path):
+                raise RuntimeError_(Status.BAD_ARTIFACT, f"{path}: not an ONNX model ({text})") from None
+            raise RuntimeError_(Status.BAD_ARTIFACT, f"{path}: onnxruntime cannot load it ({text})") from None
+
+    def _provider_chain(self, role: str) -> list:
+        """The chosen provider first, then the weaker ones for nodes it cannot take."""
+        chain = list(PROVIDER_PREFERENCE[PROVIDER_PREFERENCE.index(self.provider):])
+        out = []
+        for name in chain:
+            if name not in available_providers():
+                continue
+            opts: dict = {}
+            if name == "CUDAExecutionProvider":
+                opts = {"device_id": self.device_id}
+            elif name == "TensorrtExecutionProvider":
+                meta = self.artifact.meta
+                opts = {"device_id": self.device_id, "trt_engine_cache_enable": True,
+                        "trt_engine_cache_path": str(self._trt_cache_dir),
+                        "trt_fp16_enable": meta.get("precision") in ("fp16", "int8")}
+                ranges = meta.get("shape_ranges")
+                if role == "full" and meta.get("dynamic") and ranges:
+                    for key in ("min", "opt", "max"):
+                        opts[f"trt_profile_{key}_shapes"] = "image:" + "x".join(str(int(v)) for v in ranges[key])
+            out.append((name, opts))
+        return out
+
+    def _check(self, session, role: str, inputs: list[str], outputs: list[str]) -> None:
+        io = lambda items: [(i.name, i.type, list(i.shape)) for i in items]  # noqa: E731
+        check_graph_io(io(session.get_inputs()), io(session.get_outputs()),
+                       self.artifact.graph_path(role), inputs, outputs)
+
+    # -- running ----------------------------------------------------------------------------------
+    def _bind_image(self, binding, src: Buffer) -> None:
+        binding.bind_input("image", src.device, self.device_id if src.device == "cuda" else 0,
+                           np.uint8, src.shape, src.ptr)
+
+    def _bind_out(self, session, binding, dst: Buffer) -> None:
+        key = (dst.ptr, dst.shape, dst.device)
+        if self._out_key.get(id(session)) != key:  # re-bind only when the buffer or shape changes
+            binding.bind_output("dehazed", dst.device, self.device_id if dst.device == "cuda" else 0,
+                                np.uint8, dst.shape, dst.ptr)
+            self._out_key[id(session)] = key
+
+    def _run(self, session, binding, role: str) -> None:
+        try:
+            session.run_with_iobinding(binding, self._run_options)
+        except Exception as exc:
+            raise RuntimeError_(Status.INTERNAL,
+                                f"{self.artifact.graph_path(role)}: onnxruntime failed while running "
+                                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+
+    def run_full(self, src: Buffer, dst: Buffer) -> None:
+        b = self._bind[self.full]
+        self._bind_image(b, src)
+        self._bind_out(self.full, b, dst)
+        self._run(self.full, b, "full")
+
+    def refresh_depth(self, src: Buffer) -> None:
+        b = self._bind[self.depth]
+        self._bind_image(b, src)
+        if self._feat_shape == src.shape:
+            self._run(self.depth, b, "depth")  # writes into the cached feature buffers
+            return
+        # New frame size: let onnxruntime allocate the features once, then keep them bound as
+        # the depth graph's outputs and the fuse graph's inputs until the size changes again.
+        b.clear_binding_outputs()
+        for name in self._feat_names:
+            b.bind_output(name, self.device, self.device_id)
+        self._run(self.depth, b, "depth")
+        self._feats = list(b.get_outputs())
+        b.clear_binding_outputs()
+        fb = self._bind[self.fuse]
+        for name, value in zip(self._feat_names, self._feats):
+            b.bind_ortvalue_output(name, value)
+            fb.bind_ortvalue_input(name, value)
+        self._feat_shape = src.shape
+
+    def run_fuse(self, src: Buffer, dst: Buffer) -> None:
+        if self._feat_shape != src.shape:
+            raise RuntimeError_(Status.INTERNAL, "run_fuse called before refresh_depth for this frame size")
+        b = self._bind[self.fuse]
+        self._bind_image(b, src)
+        self._bind_out(self.fuse, b, dst)
+        self._run(self.fuse, b, "fuse")
+
+    def close(self) -> None:
+        self._bind.clear()
+        self._feats = []
+        self.full = self.depth = self.fuse = None
+
+
+def _is_onnx(path: Path) -> bool:
+    """Cheap sniff: an ONNX ModelProto starts with field 1 (ir_version, varint: byte 0x08)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+    except OSError:
+        return False
+    return len(head) == 2 and head[0] == 0x08
+
+
+class TensorRTBackend:
+    """A serialized TensorRT engine (``NAME.engine``) run through the official ``tensorrt`` API.
+
+    GPU only; ``tensorrt`` and ``cuda-python`` are imported lazily so the
+    runtime imports without them. Host buffers are staged through device
+    buffers allocated once per frame size; ``__cuda_array_interface__``
+    buffers are used in place. The engine must have been built from the
+    artifact's full graph (uint8 ``image`` -> uint8 ``dehazed``) with an
+    optimisation profile covering the frame sizes used.
+    """
+
+    device = "cuda"
+
+    def __init__(self, artifact: Artifact, *, device_id: int = 0, **_ignored) -> None:
+        try:
+            import tensorrt as trt
+        except ImportError as exc:
+            raise RuntimeError_(Status.BACKEND_UNAVAILABLE,
+                                f"{artifact.model_path}: the tensorrt Python package is not installed ({exc}); "
+                                "it ships with JetPack / `pip install tensorrt` on an NVIDIA GPU machine, "
+                                "or run the .onnx with provider=trt/cuda/cpu") from None
+        try:
+            try:
+                from cuda.bindings import runtime as cudart
+            except ImportError:
+                from cuda import cudart  # cuda-python < 12.6
+        except ImportError as exc:
+            raise RuntimeError_(Status.BACKEND_UNAVAILABLE,
+                                f"cuda-python is needed to run TensorRT engines ({exc}); pip install cuda-python") from None
+        validate_meta(artifact.meta, artifact.sidecar_path or artifact.model_path)
+        self._trt, self._cudart, self.device_id = trt, cudart, int(device_id)
+        self.artifact = artifact
+        self.two_graph = False
+        self._cuda(cudart.cudaSetDevice(self.device_id))
+        logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(logger)
+        engine = self._runtime.deserialize_cuda_engine(artifact.model_path.read_bytes())
+        if engine is None:
+            raise RuntimeError_(Status.BAD_ARTIFACT,
+                                f"{artifact.model_path}: TensorRT cannot deserialize this engine (built by another "
+                                "TensorRT version or for another GPU?); rebuild it on this device")
+        self._engine = engine
+        io = []
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            typ = "tensor(uint8)" if engine.get_tensor_dtype(name) == trt.DataType.UINT8 else str(
+                engine.get_tensor_dtype(name))
+            shape = [d if d >= 0 else None for d in engine.get_tensor_shape(name)]
+            io.append((name, typ, shape, engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT))
+        check_graph_io([x[:3] for x in io if x[3]], [x[:3] for x in io if not x[3]],
+                       artifact.model_path, ["image"], ["dehazed"])
+        self.input_shape = next(x[2] for x in io if x[0] == "image")
+        self._context = engine.create_execution_context()
+        self._stream = self._cuda(cudart.cudaStreamCreate())
+        self._staging: dict[str, tuple] = {}  # name -> (shape, device pointer)
+        self.name = "tensorrt"
+
+    def _cuda(self, result):
+        err = result[0] if isinstance(result, tuple) else result
+        if int(err) != 0:
+            raise RuntimeError_(Status.INTERNAL, f"CUDA call failed: {err}")
+        return result[1] if isinstance(result, tuple) and len(result) > 1 else None
+
+    def _device_ptr(self, name: str, buf: Buffer) -> int:
+        if buf.device == "cuda":
+            return buf.ptr
+        shape, ptr = self._staging.get(name, (None, None))
+        if shape != buf.shape:
+            if ptr is not None:
+                self._cuda(self._cudart.cudaFree(ptr))
+            ptr = self._cuda(self._cudart.cudaMalloc(int(np.prod(buf.shape))))
+            self._staging[name] = (buf.shape, ptr)
+        return int(ptr)
+
+    def run_full(self, src: Buffer, dst: Buffer) -> None:
+        cudart, nbytes = self._cudart, int(np.prod(src.shape))
+        d_in, d_out = self._device_ptr("image", src), self._device_ptr("dehazed", dst)
+        if src.device == "cpu":
+            self._cuda(cudart.cudaMemcpyAsync(d_in, src.ptr, nbytes,
+                                              cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self._stream))
+        if not self._context.set_input_shape("image", src.shape):
+            raise RuntimeError_(Status.SHAPE, f"{self.artifact.model_path}: engine profile does not accept {src.shape}")
+        self._context.set_tensor_address("image", d_in)
+        self._context.set_tensor_address("dehazed", d_out)
+        if not self._context.execute_async_v3(self._stream):
+            raise RuntimeError_(Status.INTERNAL, f"{self.artifact.model_path}: TensorRT execution failed")
+        if dst.device == "cpu":
+            self._cuda(cudart.cudaMemcpyAsync(dst.ptr, d_out, nbytes,
+                                              cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self._stream))
+        self._cuda(cudart.cudaStreamSynchronize(self._stream))
+
+    def refresh_depth(self, src: Buffer) -> None:  # pragma: no cover - engines are full-graph only
+        raise RuntimeError_(Status.UNSUPPORTED, "TensorRT engines run the full graph only")
+
+    run_fuse = refresh_depth
+
+    def close(self) -> None:
+        for _, ptr in self._staging.values():
+            self._cudart.cudaFree(ptr)
+        self._staging.clear()
+        self._context = self._engine = None
+
+
+def open_backend(artifact: Artifact, *, two_graph: bool, **options):
+    """Pick the backend from the artifact kind (``.engine`` -> TensorRT, ``.onnx`` -> ONNX Runtime)."""
+    if artifact.kind == "engine":
+        return TensorRTBackend(artifact, device_id=options.get("device_id", 0))
+    return OrtBackend(artifact, two_graph=two_graph, **options)
