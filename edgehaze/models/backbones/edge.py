@@ -134,4 +134,4 @@ def _factory(name: str, **defaults):  # type: ignore[no-untyped-def]
 
 edge_xs = _factory("edge-xs", width=24, scale=4, blocks=(1, 2, 1))
 edge_s = _factory("edge-s", width=32, scale=4, blocks=(2, 2, 1))
-edge_m = _factory("edge-m", width=48, scale=4, blocks=(2, 2, 2), max_width=96)
+edge_m = _factory("edge-m", width=40, scale=4, blocks=(2, 2, 1), max_width=64)
