@@ -1,0 +1,181 @@
+"""Video outputs with jetson-utils URI conventions (needs OpenCV).
+
+``display://0``         a window (cv2.imshow); a clear error where OpenCV has no GUI or there is no display
+``out.mp4|.m4v|.mov``   video file, fourcc mp4v;  ``.avi`` MJPG;  ``.mkv`` XVID  (``codec=`` overrides)
+``folder/`` or a path without extension, ``frames/%06d.png``   numbered images
+``null``                discard (benchmarks)
+
+Files appear atomically: a video is written to ``.NAME.partial.EXT`` and
+renamed on ``close()`` (also on Ctrl-C / SIGTERM), images to a temp name
+and renamed one by one. A frame whose size differs from the video's first
+frame is resized to the writer's size (one file per stream; counted in
+``resized``), since a video container cannot change resolution midway.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .errors import RuntimeError_, Status, mask_uri
+from .sources import IMAGE_EXTS, _cv2, opencv_has
+
+VIDEO_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "XVID"}
+
+
+class Sink:
+    uri: str = ""
+    frames = 0
+    resized = 0
+
+    def write(self, frame_bgr: np.ndarray) -> bool:
+        """Write one BGR frame; False asks the stream to stop (e.g. the window was closed)."""
+        raise NotImplementedError
+
+    def close(self) -> None: ...
+
+
+class NullSink(Sink):
+    uri = "null"
+
+    def write(self, frame_bgr):
+        self.frames += 1
+        return True
+
+
+class VideoFileSink(Sink):
+    def __init__(self, path: str | Path, fps: float, codec: str | None = None) -> None:
+        self.path = Path(path)
+        self.uri = str(self.path)
+        ext = self.path.suffix.lower()
+        if codec is None and ext not in VIDEO_FOURCC:
+            raise RuntimeError_(Status.BAD_ARGUMENT,
+                                f"{self.path}: unknown video extension; use one of {sorted(VIDEO_FOURCC)}")
+        self.codec = codec or VIDEO_FOURCC[ext]
+        if len(self.codec) != 4:
+            raise RuntimeError_(Status.BAD_ARGUMENT, f"codec {self.codec!r} must be a 4-character fourcc")
+        self.fps = fps if fps and fps > 0 else 30.0
+        self._tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
+        self._writer = None
+        self._size: tuple[int, int] | None = None
+        self._resize_buf: np.ndarray | None = None
+
+    def _open(self, w: int, h: int) -> None:
+        cv2 = _cv2()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*self.codec), self.fps, (w, h))
+        if not writer.isOpened():
+            raise RuntimeError_(Status.IO, f"{self.path}: OpenCV cannot write {self.codec} video here")
+        self._writer, self._size = writer, (w, h)
+        self._resize_buf = np.empty((h, w, 3), np.uint8)
+
+    def write(self, frame_bgr):
+        h, w = frame_bgr.shape[:2]
+        if self._writer is None:
+            self._open(w, h)
+        if (w, h) != self._size:
+            cv2 = _cv2()
+            frame_bgr = cv2.resize(frame_bgr, self._size, dst=self._resize_buf, interpolation=cv2.INTER_AREA)
+            self.resized += 1
+        self._writer.write(frame_bgr)
+        self.frames += 1
+        return True
+
+    def close(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.release()
+        self._writer = None
+        os.replace(self._tmp, self.path)
+
+
+class ImageFolderSink(Sink):
+    def __init__(self, pattern: str | Path) -> None:
+        pattern = str(pattern)
+        if "%" not in pattern:
+            p = Path(pattern)
+            pattern = (str(p.with_name(p.stem + "_%06d" + p.suffix)) if p.suffix.lower() in IMAGE_EXTS
+                       else str(p / "%06d.png"))
+        try:
+            pattern % 0
+        except (TypeError, ValueError):
+            raise RuntimeError_(Status.BAD_ARGUMENT,
+                                f"{pattern}: image output pattern needs exactly one integer field like %06d") from None
+        if Path(pattern % 0).suffix.lower() not in IMAGE_EXTS:
+            raise RuntimeError_(Status.BAD_ARGUMENT, f"{pattern}: image extension must be one of {IMAGE_EXTS}")
+        self.pattern, self.uri = pattern, pattern
+        Path(pattern % 0).parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, frame_bgr):
+        cv2 = _cv2()
+        path = Path(self.pattern % self.frames)
+        tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+        if not cv2.imwrite(str(tmp), frame_bgr):
+            raise RuntimeError_(Status.IO, f"{path}: cannot write image")
+        os.replace(tmp, path)
+        self.frames += 1
+        return True
+
+
+class DisplaySink(Sink):
+    def __init__(self, uri: str, title: str = "edgehaze") -> None:
+        self.uri, self.title = uri, title
+        if not opencv_has_gui():
+            raise RuntimeError_(Status.UNSUPPORTED,
+                                f"{uri}: this OpenCV has no GUI (opencv-python-headless?); install opencv-python "
+                                "or write to a file / null, or pass --headless")
+        if os.name == "posix" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            raise RuntimeError_(Status.UNSUPPORTED,
+                                f"{uri}: no display (DISPLAY/WAYLAND_DISPLAY unset; headless machine or ssh "
+                                "without -X); write to a file or null, or pass --headless")
+        self._shown = False
+
+    def write(self, frame_bgr):
+        cv2 = _cv2()
+        cv2.imshow(self.title, frame_bgr)
+        self._shown = True
+        self.frames += 1
+        key = cv2.waitKey(1) & 0xFF
+        if key in (27, ord("q")):
+            return False
+        return cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) >= 1
+
+    def close(self) -> None:
+        if self._shown:
+            _cv2().destroyWindow(self.title)
+
+
+def opencv_has_gui() -> bool:
+    """True when cv2.getBuildInformation() reports a GUI backend (GUI: GTK3/QT/...; not NONE)."""
+    for line in _cv2().getBuildInformation().splitlines():
+        m = re.match(r"\s*GUI:\s*(\S+)", line)
+        if m:
+            return m.group(1).upper() != "NONE"
+    return any(opencv_has(name) for name in ("GTK+", "GTK+ 2.x", "QT", "Win32 UI", "Cocoa"))
+
+
+def open_sink(uri: str, *, fps: float = 30.0, headless: bool = False, codec: str | None = None,
+              log=None) -> Sink:
+    """Build the sink for an output URI (nothing is created on disk before the first frame)."""
+    uri = str(uri).strip()
+    if uri.lower() in ("null", "null://", "none", ""):
+        return NullSink()
+    if re.fullmatch(r"display://\d*", uri):
+        if headless:
+            if log:
+                log(f"--headless: {uri} replaced by null output")
+            return NullSink()
+        return DisplaySink(uri)
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme == "file":
+        uri = uri[len("file://"):]
+    elif scheme:
+        raise RuntimeError_(Status.UNSUPPORTED,
+                            f"{mask_uri(uri)}: output scheme {scheme!r} is not supported by the OpenCV stream tool; "
+                            "use display://0, a video file, an image folder or null")
+    ext = Path(uri).suffix.lower()
+    if ext in VIDEO_FOURCC or (codec and ext not in IMAGE_EXTS and ext):
+        return VideoFileSink(uri, fps, codec)
+    return ImageFolderSink(uri)

@@ -1,0 +1,216 @@
+"""Video sources with jetson-utils URI conventions (needs OpenCV).
+
+``0`` / ``/dev/video0`` / ``v4l2:///dev/video0``  a V4L2 camera (live)
+``csi://0``                 a MIPI CSI camera through GStreamer nvarguscamerasrc (live; Jetson)
+``rtsp://``, ``rtsps://``, ``rtmp://``, ``http(s)://``, ``udp://``   a network stream (live)
+``file://PATH`` or PATH     a video file, an image file, a folder of images or a glob (not live)
+
+A source reads one frame at a time into a caller buffer and reports
+:class:`Read` ``OK``/``EOF``/``BAD`` (undecodable: skip it)/``LOST``
+(dropped or stalled: reopen). Retrying is the capture thread's job.
+Every URI that reaches a message is masked (no credentials in logs).
+"""
+from __future__ import annotations
+
+import enum
+import glob
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .errors import RuntimeError_, Status, mask_uri
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "rtp", "srt")
+
+
+class Read(enum.Enum):
+    OK = "ok"
+    EOF = "eof"
+    BAD = "bad"    # this frame could not be decoded; the next one may be fine
+    LOST = "lost"  # the source dropped or stalled; reopen it
+
+
+def _cv2():
+    try:
+        import cv2
+    except ImportError as exc:
+        raise RuntimeError_(Status.BACKEND_UNAVAILABLE,
+                            f"OpenCV is needed for stream I/O ({exc}); pip install opencv-python(-headless)") from None
+    return cv2
+
+
+def opencv_has(feature: str) -> bool:
+    """True when ``cv2.getBuildInformation()`` lists ``feature`` (e.g. "GStreamer") as YES."""
+    info = _cv2().getBuildInformation()
+    return any(re.match(rf"\s*{re.escape(feature)}:\s*YES", line) for line in info.splitlines())
+
+
+class Source:
+    """Interface every source implements (tests plug in fakes with the same four methods)."""
+
+    uri: str = ""      # masked, safe to print
+    live: bool = False  # live sources drop stale frames and reopen on failure
+
+    def open(self) -> None: ...
+    def read(self, buf: np.ndarray | None) -> tuple[Read, np.ndarray | None]: ...
+    def close(self) -> None: ...
+
+    def rewind(self) -> None:
+        """Go back to the first frame (``--input-loop``); default: reopen."""
+        self.close()
+        self.open()
+
+
+class CaptureSource(Source):
+    """cv2.VideoCapture on a camera, a GStreamer pipeline, a network stream or a video file."""
+
+    def __init__(self, target, *, api: int, live: bool, uri: str, width: int | None = None,
+                 height: int | None = None, rate: float | None = None, timeout_s: float = 5.0) -> None:
+        self._target, self._api, self.live, self.uri = target, api, live, mask_uri(uri)
+        self._width, self._height, self._rate, self._timeout_s = width, height, rate, timeout_s
+        self._cap = None
+
+    def open(self) -> None:
+        cv2 = _cv2()
+        params: list[int] = []
+        if self.live and self._api == cv2.CAP_FFMPEG:
+            ms = int(self._timeout_s * 1000)
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+        # OpenCV's own warnings may echo the URI (with its password): keep them quiet while opening.
+        old = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        try:
+            cap = cv2.VideoCapture(self._target, self._api, params)
+        except cv2.error as exc:
+            raise RuntimeError_(Status.IO, f"{self.uri}: cannot open ({str(exc).strip()[:200]})") from None
+        finally:
+            cv2.utils.logging.setLogLevel(old)
+        if not cap.isOpened():
+            raise RuntimeError_(Status.IO, f"{self.uri}: cannot open (not found, refused or unsupported codec)")
+        if self._api == cv2.CAP_V4L2:
+            if self._width and self._height:
+                cap.set(cv2.CAP_PROP_FRAME_WIDTH, self._width)
+                cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self._height)
+            if self._rate:
+                cap.set(cv2.CAP_PROP_FPS, self._rate)
+            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # we keep our own small queue of fresh frames
+        self._cap = cap
+
+    @property
+    def fps(self) -> float:
+        if self._cap is None:
+            return 0.0
+        return float(self._cap.get(_cv2().CAP_PROP_FPS) or 0.0)
+
+    def read(self, buf):
+        if self._cap is None:
+            return Read.LOST, None
+        try:
+            ok, frame = self._cap.read(buf) if buf is not None else self._cap.read()
+        except Exception:  # cv2.error from a broken decoder
+            return Read.BAD, None
+        if not ok or frame is None:
+            return (Read.LOST if self.live else Read.EOF), None
+        return Read.OK, _as_bgr(frame)
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+class ImageSequenceSource(Source):
+    """A folder, a glob or one image file, read in sorted order; unreadable files are BAD (skipped)."""
+
+    live = False
+
+    def __init__(self, files: list[Path], uri: str) -> None:
+        self._files, self.uri, self._i = files, mask_uri(uri), 0
+
+    def open(self) -> None:
+        if not self._files:
+            raise RuntimeError_(Status.IO, f"{self.uri}: no image files ({', '.join(IMAGE_EXTS)})")
+        self._i = 0
+
+    def read(self, buf):
+        if self._i >= len(self._files):
+            return Read.EOF, None
+        path = self._files[self._i]
+        self._i += 1
+        cv2 = _cv2()
+        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if frame is None:
+            return Read.BAD, None
+        if buf is not None and buf.shape == frame.shape:
+            buf[...] = frame
+            frame = buf
+        return Read.OK, frame
+
+    def close(self) -> None:
+        pass
+
+    def rewind(self) -> None:
+        self._i = 0
+
+
+def _as_bgr(frame: np.ndarray) -> np.ndarray:
+    if frame.ndim == 3 and frame.shape[2] == 3:
+        return frame
+    cv2 = _cv2()
+    if frame.ndim == 2:
+        return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+
+
+def csi_pipeline(sensor: int, width: int | None, height: int | None, rate: float | None) -> str:
+    """GStreamer pipeline for a Jetson CSI camera (nvarguscamerasrc -> BGR appsink)."""
+    w, h, r = width or 1280, height or 720, int(round(rate or 30))
+    return (f"nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM), width={w}, height={h}, "
+            f"framerate={r}/1, format=NV12 ! nvvidconv ! video/x-raw, format=BGRx ! videoconvert ! "
+            "video/x-raw, format=BGR ! appsink drop=true max-buffers=1 sync=false")
+
+
+def open_source(uri: str, *, width: int | None = None, height: int | None = None,
+                rate: float | None = None, timeout_s: float = 5.0) -> Source:
+    """Build (not yet open) the source for a jetson-utils style input URI."""
+    cv2 = _cv2()
+    uri = str(uri).strip()
+    common = dict(width=width, height=height, rate=rate, timeout_s=timeout_s)
+    if re.fullmatch(r"\d+", uri):
+        return CaptureSource(int(uri), api=cv2.CAP_V4L2 if os.name != "nt" else cv2.CAP_ANY,
+                             live=True, uri=f"v4l2:///dev/video{uri}", **common)
+    m = re.fullmatch(r"(?:v4l2://)?(/dev/video\d+)", uri)
+    if m:
+        return CaptureSource(m.group(1), api=cv2.CAP_V4L2, live=True, uri=f"v4l2://{m.group(1)}", **common)
+    m = re.fullmatch(r"csi://(\d+)", uri)
+    if m:
+        if not opencv_has("GStreamer"):
+            raise RuntimeError_(Status.UNSUPPORTED,
+                                f"{uri}: CSI cameras need OpenCV built with GStreamer (cv2.getBuildInformation() "
+                                "says GStreamer: NO); use the JetPack OpenCV or build OpenCV with -DWITH_GSTREAMER=ON")
+        return CaptureSource(csi_pipeline(int(m.group(1)), width, height, rate), api=cv2.CAP_GSTREAMER,
+                             live=True, uri=uri, **common)
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme in NETWORK_SCHEMES:
+        return CaptureSource(uri, api=cv2.CAP_FFMPEG, live=True, uri=uri, **common)
+    if scheme == "file":
+        uri = uri[len("file://"):]
+    elif scheme:
+        raise RuntimeError_(Status.BAD_ARGUMENT,
+                            f"{mask_uri(uri)}: unknown input scheme {scheme!r}; use a camera index, /dev/videoN, "
+                            "v4l2://, csi://, rtsp://, file:// or a path")
+    path = Path(uri).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        return ImageSequenceSource(files, str(path))
+    if any(c in uri for c in "*?["):
+        files = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).suffix.lower() in IMAGE_EXTS)
+        return ImageSequenceSource(files, uri)
+    if not path.is_file():
+        raise RuntimeError_(Status.IO, f"{path}: input not found")
+    if path.suffix.lower() in IMAGE_EXTS:
+        return ImageSequenceSource([path], str(path))
+    return CaptureSource(str(path), api=cv2.CAP_ANY, live=False, uri=str(path), **common)
