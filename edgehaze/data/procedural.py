@@ -188,6 +188,16 @@ def _box_texture(box: _Box, lx: np.ndarray, ly: np.ndarray, lz: np.ndarray, axis
     return np.clip(box.colour[None, :] * shade[:, None].astype(np.float32), 0.0, 1.0)
 
 
+@dataclass
+class SceneRender:
+    """A rendered scene: colour, exact depth (metres) and what each pixel shows."""
+
+    rgb: np.ndarray  # H x W x 3 float32 in [0, 1]
+    depth: np.ndarray  # H x W float32, metres along the ray, <= far
+    labels: np.ndarray  # H x W int16: -1 sky, 0 ground, k >= 1 box/wall k
+    camera: Dict[str, float]
+
+
 def generate_scene(
     seed: int, height: int = 128, width: int = 128, far: float = DEFAULT_FAR
 ) -> Tuple[np.ndarray, np.ndarray]:
@@ -195,6 +205,12 @@ def generate_scene(
 
     Depth is the distance along each pixel's ray, at most ``far`` (sky = ``far``).
     """
+    scene = render_scene(seed, height, width, far)
+    return scene.rgb, scene.depth
+
+
+def render_scene(seed: int, height: int = 128, width: int = 128, far: float = DEFAULT_FAR) -> SceneRender:
+    """Like :func:`generate_scene`, also returning per-pixel labels and the camera."""
     if height < 1 or width < 1:
         raise EdgehazeError(f"scene size must be positive, got {height}x{width}")
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0xD3])
@@ -296,7 +312,12 @@ def generate_scene(
         rgb[idx] = np.clip(albedo[idx] * light * 1.15, 0.0, 1.0)
 
     depth = np.minimum(t_best, f32(far))
-    return rgb.reshape(height, width, 3).astype(f32), depth.reshape(height, width).astype(f32)
+    return SceneRender(
+        rgb=rgb.reshape(height, width, 3).astype(f32),
+        depth=depth.reshape(height, width).astype(f32),
+        labels=obj.reshape(height, width),
+        camera={"height": float(cam_h), "pitch": float(pitch), "fov": float(fov)},
+    )
 
 
 def _scene_seed(seed: int, split: str, index: int) -> int:
