@@ -35,7 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_third_party_logs() -> None:
+    """Silence import-time deprecation chatter from torch/torchao/transformers."""
+    import logging
+    import warnings
+
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    _quiet_third_party_logs()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
