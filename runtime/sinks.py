@@ -175,7 +175,11 @@ def open_sink(uri: str, *, fps: float = 30.0, headless: bool = False, codec: str
         raise RuntimeError_(Status.UNSUPPORTED,
                             f"{mask_uri(uri)}: output scheme {scheme!r} is not supported by the OpenCV stream tool; "
                             "use display://0, a video file, an image folder or null")
-    ext = Path(uri).suffix.lower()
-    if ext in VIDEO_FOURCC or (codec and ext not in IMAGE_EXTS and ext):
+    ext = "" if uri.endswith(("/", os.sep)) else Path(uri).suffix.lower()
+    if ext in VIDEO_FOURCC or (codec and ext and ext not in IMAGE_EXTS):
         return VideoFileSink(uri, fps, codec)
-    return ImageFolderSink(uri)
+    if ext in IMAGE_EXTS or ext == "" or "%" in uri:
+        return ImageFolderSink(uri)
+    raise RuntimeError_(Status.BAD_ARGUMENT,
+                        f"{uri}: unknown output extension {ext!r}; use a video ({', '.join(sorted(VIDEO_FOURCC))}, "
+                        "or --output-codec), an image folder/pattern, display://0 or null")

@@ -16,6 +16,7 @@ depth-refresh mode relies on). Tests may import torch; the runtime may not.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -105,8 +106,10 @@ def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str],
     if dynamic:
         for n in input_names + output_names:
             axes[n] = {2: "fh", 3: "fw"} if n.startswith("depth_") else {1: "height", 2: "width"}
-    torch.onnx.export(module, args, str(path), input_names=input_names, output_names=output_names,
-                      dynamic_axes=axes or None, opset_version=17, dynamo=False)
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but is what the contract pins
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), input_names=input_names, output_names=output_names,
+                          dynamic_axes=axes or None, opset_version=17, dynamo=False)
 
 
 def _add_metadata(path: Path, meta: dict) -> None:
@@ -156,7 +159,8 @@ def make_wrong_contract_onnx(path: Path) -> Path:
     """A valid ONNX file whose input is float32 NCHW named ``x`` (not our contract)."""
     path = Path(path)
     conv = nn.Conv2d(3, 3, 1).eval()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         torch.onnx.export(conv, (torch.zeros(1, 3, 8, 8),), str(path), input_names=["x"],
                           output_names=["y"], opset_version=17, dynamo=False)
     return path
