@@ -1,0 +1,1 @@
+"""Exporters: ONNX (FP32/FP16/INT8 QDQ), TensorRT; see edgehaze/cli/export.py."""
