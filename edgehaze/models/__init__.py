@@ -1,0 +1,4 @@
+"""Networks: backbones, depth providers, the fusion block and the dehazer that joins them.
+
+Networks know nothing of training; trainers know nothing of a particular network.
+"""
