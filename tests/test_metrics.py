@@ -304,3 +304,66 @@ def test_count_params_and_flops_of_known_layers():
     frozen = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 3))
     frozen[0].requires_grad_(False)
     assert count_params(frozen, trainable_only=True) == 9
+
+
+# ----------------------------------------------------------------- LPIPS
+
+
+@pytest.fixture(scope="module")
+def lpips_files(tmp_path_factory):
+    """Random AlexNet backbone and non-negative heads in the official file layouts."""
+    import torchvision
+
+    folder = tmp_path_factory.mktemp("lpips")
+    torch.manual_seed(0)
+    state = torchvision.models.alexnet(weights=None).state_dict()
+    torch.save({k: v for k, v in state.items() if k.startswith("features.")}, folder / "alexnet.pth")
+    heads = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate((64, 192, 384, 256, 256))}
+    torch.save(heads, folder / "alex.pth")
+    return folder
+
+
+def test_lpips_needs_both_local_weight_files(lpips_files):
+    from edgehaze.errors import CheckpointError, MissingWeightsError
+    from edgehaze.metrics.lpips import LPIPS
+
+    with pytest.raises(MissingWeightsError, match=r"alex\.pth.*alexnet-owt-7be5be79\.pth"):
+        LPIPS()
+    with pytest.raises(MissingWeightsError, match="does not exist"):
+        LPIPS(lpips_files / "alex.pth", lpips_files / "missing.pth")
+    bad = lpips_files / "bad_heads.pth"
+    torch.save({"lin0.model.1.weight": torch.rand(1, 3, 1, 1)}, bad)
+    with pytest.raises(CheckpointError, match="lin0.model.1.weight"):
+        LPIPS(bad, lpips_files / "alexnet.pth")
+
+
+def test_lpips_properties_and_per_stage_value(lpips_files):
+    import torchvision
+
+    from edgehaze.metrics.lpips import LPIPS
+
+    model = LPIPS(lpips_files / "alex.pth", lpips_files / "alexnet.pth")
+    img = torch.from_numpy(np.stack([natural_scene(64, 80, seed=s)[0] for s in (1, 2)]).transpose(0, 3, 1, 2)).float()
+    other = torch.from_numpy(np.stack([degrade(natural_scene(64, 80, seed=s)[0]) for s in (1, 2)]).transpose(0, 3, 1, 2)).float()
+    d = model(img, other)
+    assert d.shape == (2,) and (d > 0).all()
+    assert torch.allclose(model(other, img), d)
+    assert torch.allclose(model(img, img), torch.zeros(2))
+
+    # With only the last head non-zero, the distance is that head applied to the
+    # unit-normalised conv5 features of an independently built torchvision AlexNet.
+    heads = torch.load(lpips_files / "alex.pth", weights_only=True)
+    last_only = {k: (v if k.startswith("lin4") else torch.zeros_like(v)) for k, v in heads.items()}
+    torch.save(last_only, lpips_files / "last_only.pth")
+    model4 = LPIPS(lpips_files / "last_only.pth", lpips_files / "alexnet.pth")
+    ref = torchvision.models.alexnet(weights=None)
+    ref.load_state_dict(torch.load(lpips_files / "alexnet.pth", weights_only=True), strict=False)
+    assert torch.equal(ref.features[10].weight, model4.stages[4][0].weight)
+    shift = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
+    scale = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        fa = ref.features[:12]((img * 2 - 1 - shift) / scale)
+        fb = ref.features[:12]((other * 2 - 1 - shift) / scale)
+    unit = lambda f: f / (f.norm(dim=1, keepdim=True) + 1e-10)  # noqa: E731
+    expected = ((unit(fa) - unit(fb)) ** 2 * heads["lin4.model.1.weight"]).sum(1).mean(dim=(1, 2))
+    assert torch.allclose(model4(img, other), expected, rtol=1e-5, atol=1e-7)
