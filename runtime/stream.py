@@ -322,8 +322,10 @@ def main(argv: list[str] | None = None) -> int:
 
         def _on_signal(signum, _frame):
             name = signal.Signals(signum).name
-            if stream.stop_event.is_set():  # a second signal: stop waiting
+            if stream.stop_event.is_set():  # a second signal: the user does not want to wait
                 signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+                return
             log(f"{name}: finishing (output finalised, stats written)")
             stream.request_stop(f"signal:{name}")
 
