@@ -367,3 +367,20 @@ def test_lpips_properties_and_per_stage_value(lpips_files):
     unit = lambda f: f / (f.norm(dim=1, keepdim=True) + 1e-10)  # noqa: E731
     expected = ((unit(fa) - unit(fb)) ** 2 * heads["lin4.model.1.weight"]).sum(1).mean(dim=(1, 2))
     assert torch.allclose(model4(img, other), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_fade_contrast_energy_follows_matlab_conv2_same_with_block_padding():
+    """CE.m: block-copy padding of 10, MATLAB conv2 'same' (true convolution, offset
+    floor(20/2) into the full result) with the asymmetric 20-tap kernel, crop 10."""
+    from edgehaze.metrics.fade import _ce_kernel, _contrast_energy
+
+    k = _ce_kernel()
+    assert k.shape == (20,) and abs(k.sum()) < 1e-12
+    ch = np.random.default_rng(4).random((24, 33)) * 255
+    p = np.concatenate([ch[:10], ch, ch[-10:]], 0)
+    p = np.concatenate([p[:, :10], p, p[:, -10:]], 1)
+    full_x = np.stack([np.convolve(row, k, mode="full") for row in p])[:, 10 : 10 + p.shape[1]]
+    full_y = np.stack([np.convolve(col, k, mode="full") for col in p.T]).T[10 : 10 + p.shape[0]]
+    c = np.hypot(full_x, full_y)[10:-10, 10:-10]
+    r = c * c.max() / (c + 0.1 * c.max()) - 0.5
+    assert np.allclose(_contrast_energy(ch, 0.5), np.where(r > 1e-7, r, 0.0), atol=1e-9)

@@ -6,7 +6,7 @@
   validation loops).
 * No-reference (real haze): :func:`niqe` and :func:`fade`; both need the
   official statistics files, passed by path.
-* Perceptual: :class:`LPIPS` with user-provided weights (see ``lpips.py``).
+* Perceptual: :class:`LPIPS` / :func:`lpips` with user-provided weight files.
 * Cost: :func:`count_params`, :func:`count_flops`, :func:`count_macs`.
 
 Torch is imported lazily: ``import edgehaze.metrics`` works with numpy and
@@ -24,7 +24,7 @@ __all__ = [
     "psnr", "ssim", "psnr_y", "rgb_to_y", "psnr_torch", "ssim_torch", "psnr_y_torch",
     "niqe", "niqe_features", "fit_niqe_model", "load_niqe_params", "save_niqe_model",
     "fade", "fade_features", "load_fade_stats",
-    "count_params", "count_flops", "count_macs", "measure_cost", "LPIPS",
+    "count_params", "count_flops", "count_macs", "measure_cost", "LPIPS", "lpips",
 ]
 
 
@@ -33,8 +33,8 @@ def __getattr__(name: str) -> Any:  # torch-backed names load on first use
         from edgehaze.metrics import cost
 
         return getattr(cost, name)
-    if name == "LPIPS":
-        from edgehaze.metrics.lpips import LPIPS
+    if name in ("LPIPS", "lpips"):
+        from edgehaze.metrics import lpips as lpips_module
 
-        return LPIPS
+        return getattr(lpips_module, name)
     raise AttributeError(f"module 'edgehaze.metrics' has no attribute {name!r}")
