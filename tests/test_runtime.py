@@ -248,9 +248,28 @@ def test_tensorrt_engine_without_tensorrt_is_backend_unavailable(art, tmp_path):
     assert err.code == Status.BACKEND_UNAVAILABLE and "tensorrt" in err.message
 
 
-def test_tensorrt_engine_runs():
-    pytest.importorskip("tensorrt", reason="TensorRT engines need the tensorrt package and an NVIDIA GPU "
-                                           "(not installable on this machine); not verified here")
+def test_tensorrt_engine_matches_onnxruntime(art, tmp_path):
+    """Build an engine from the tiny full graph and compare it with ORT (GPU machines only)."""
+    trt = pytest.importorskip("tensorrt", reason="TensorRT engines need the tensorrt package and an NVIDIA "
+                                                 "GPU (not installable on this machine); not verified here")
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    assert parser.parse(art.read_bytes()), [parser.get_error(i) for i in range(parser.num_errors)]
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    profile.set_shape("image", (1, 8, 8, 3), (1, 48, 64, 3), (1, 256, 256, 3))
+    config.add_optimization_profile(profile)
+    engine = builder.build_serialized_network(network, config)
+    assert engine is not None
+    (tmp_path / "tiny.engine").write_bytes(bytes(engine))
+    shutil.copy(art.with_suffix(".json"), tmp_path / "tiny.json")
+    x = frame()
+    with runtime.Dehazer(tmp_path / "tiny.engine") as d:
+        assert d.backend_name == "tensorrt"
+        got = d.run(x)
+    assert np.abs(got.astype(int) - reference(art, x)).max() <= 1
 
 
 @pytest.mark.parametrize("uri, masked", [
