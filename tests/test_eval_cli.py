@@ -15,7 +15,7 @@ from edgehaze.data.evaluation import NoReferenceStats, evaluate
 from edgehaze.data.procedural import make_procedural_dataset
 from edgehaze.data.runners import Runner, make_runner
 from edgehaze.errors import EdgehazeError
-from edgehaze.imageio import read_image, write_image
+from edgehaze.imageio import read_image
 
 METRICS_DIR = Path(os.environ.get("EDGEHAZE_SHARED", "/work/shared")) / "data" / "metrics"
 
