@@ -2,6 +2,7 @@
 fusion points, and clear errors for wrong files. Tiny CPU inputs only."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -86,8 +87,8 @@ def test_relative_position_buffers_are_official_keys_and_may_be_absent(tiny, tmp
         assert torch.equal(dehazeformer_t(weights=path).eval()(x), tiny(x))
 
 
-def test_official_parameter_names_per_variant():
-    t = dehazeformer_t().state_dict()
+def test_official_parameter_names_per_variant(tiny):
+    t = tiny.state_dict()
     assert t["patch_embed.proj.weight"].shape == (24, 3, 3, 3)
     assert t["layer1.blocks.0.attn.conv.weight"].shape == (24, 1, 5, 5)  # DWConv
     assert "layer1.blocks.0.norm1.meta1.weight" not in t  # no attention in T's layer1
@@ -121,9 +122,8 @@ def test_forward_is_official_forward_in_unit_range(tiny):
         assert torch.allclose(tiny(x), (official + 1) / 2, rtol=0, atol=1e-6)
 
 
-def test_gradients_reach_every_parameter_on_odd_input():
-    torch.manual_seed(0)
-    model = dehazeformer_t().train()
+def test_gradients_reach_every_parameter_on_odd_input(tiny):
+    model = copy.deepcopy(tiny).train()
     model(_image(*ODD)).square().mean().backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None]
     assert not no_grad
@@ -165,8 +165,7 @@ def test_wrapping_a_fusion_point_changes_the_output(tiny):
         def forward(self, x):
             return self.inner(x) + 1.0
 
-    torch.manual_seed(0)
-    model = _perturbed(dehazeformer_t())
+    model = copy.deepcopy(tiny)
     x = _image(*ODD)
     with torch.no_grad():
         before = model(x)
@@ -187,9 +186,9 @@ def test_wrong_variant_checkpoint_names_file_variants_and_fix(tmp_path):
     assert "it is a dehazeformer-s checkpoint" in msg and "--backbone dehazeformer-s" in msg
 
 
-def test_unknown_layout_and_bad_files_are_checkpoint_errors(tmp_path):
+def test_unknown_layout_and_bad_files_are_checkpoint_errors(tiny, tmp_path):
     partial = tmp_path / "partial.pth"
-    state = dehazeformer_t().state_dict()
+    state = tiny.state_dict()
     _save_official({k: v for k, v in state.items() if not k.startswith("layer5")}, partial)
     with pytest.raises(CheckpointError, match="missing keys.*matches no official DehazeFormer variant"):
         dehazeformer_t(weights=partial)

@@ -591,13 +591,32 @@ def _variant_shapes(name: str) -> Dict[str, Tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
+def _blocks_per_stage(keys: Sequence[str]) -> Tuple[int, ...]:
+    """Number of blocks in layer1..layer5 as seen in state-dict keys."""
+    counts = [0] * 5
+    for key in keys:
+        parts = key.split(".")
+        if len(parts) > 2 and parts[1] == "blocks" and parts[0] in _STAGE_NAMES and parts[2].isdigit():
+            i = _STAGE_NAMES.index(parts[0])
+            counts[i] = max(counts[i], int(parts[2]) + 1)
+    return tuple(counts)
+
+
+_STAGE_NAMES = tuple(f"layer{i}" for i in range(1, 6))
+
+
 def identify_dehazeformer_variant(state: Mapping[str, torch.Tensor]) -> Optional[str]:
-    """The official variant whose parameters ``state`` matches exactly, if any."""
-    for name in VARIANTS:
-        expected = _variant_shapes(name)
-        params = {k: s for k, s in expected.items() if not k.endswith("relative_positions")}
-        given = {k: tuple(v.shape) for k, v in state.items() if not k.endswith("relative_positions")}
-        if given == params:
+    """The official variant whose parameters ``state`` matches exactly, if any.
+
+    Variants are first narrowed by their block counts (cheap), then the
+    survivors' full key/shape lists are compared."""
+    given = {k: tuple(v.shape) for k, v in state.items() if not k.endswith("relative_positions")}
+    depths = _blocks_per_stage(list(given))
+    for name, config in VARIANTS.items():
+        if tuple(config["depths"]) != depths:
+            continue
+        expected = {k: s for k, s in _variant_shapes(name).items() if not k.endswith("relative_positions")}
+        if given == expected:
             return name
     return None
 
