@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -23,6 +22,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from edgehaze.errors import CheckpointError
+from edgehaze.fsutil import atomic_write
 
 FORMAT = "edgehaze-checkpoint"
 VERSION = 1
@@ -38,23 +38,9 @@ DEPTH_LICENSES = {
 }
 
 
-def atomic_write_bytes(path: "str | os.PathLike[str]", write: Any) -> None:
-    """Call ``write(tmp_path)`` then move the result to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+#: kept for callers written against the first version; prefer
+#: :func:`edgehaze.fsutil.atomic_write` (same ``write(tmp_path)`` callback).
+atomic_write_bytes = atomic_write
 
 
 def provenance_of(model: "torch.nn.Module") -> Dict[str, Any]:
@@ -90,7 +76,7 @@ def save_dehazer(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "edgehaze_version": __version__,
     }
-    atomic_write_bytes(path, lambda tmp: save_file(state, tmp, metadata={"edgehaze": json.dumps(meta)}))
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"edgehaze": json.dumps(meta)}))
     return Path(path)
 
 

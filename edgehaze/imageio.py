@@ -25,12 +25,12 @@ import glob
 import io
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, List, Union
 
 import numpy as np
 
+from edgehaze.fsutil import atomic_write_bytes  # noqa: F401  (re-exported)
 from edgehaze.errors import EdgehazeError, ImageReadError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -233,23 +233,6 @@ def _to_storage(arr: np.ndarray, bits: int, path: Path) -> np.ndarray:
         raise EdgehazeError(f"{path}: unsupported image dtype {arr.dtype}; pass float in [0, 1] or uint8")
     scaled = np.round(np.clip(np.nan_to_num(arr.astype(np.float64)), 0.0, 1.0) * top)
     return scaled.astype(target)
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder + rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 # --------------------------------------------------------------------- listing

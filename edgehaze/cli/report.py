@@ -24,7 +24,8 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgehaze.checkpoint import atomic_write_bytes, load_dehazer
+    from edgehaze.checkpoint import load_dehazer
+    from edgehaze.fsutil import atomic_write_text
     from edgehaze.models.dehazer import build_dehazer
     from edgehaze.models.report import format_report, model_report
 
@@ -42,6 +43,5 @@ def run(args: argparse.Namespace) -> int:
     report = model_report(model, *args.size)
     print(format_report(report))
     if args.json_out:
-        data = json.dumps(report, indent=2).encode()
-        atomic_write_bytes(args.json_out, lambda tmp: open(tmp, "wb").write(data))
+        atomic_write_text(args.json_out, json.dumps(report, indent=2))
     return 0

@@ -24,7 +24,6 @@ same numbers, or one written by :func:`save_niqe_model`).
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -87,18 +86,13 @@ def load_niqe_params(params_path: str | os.PathLike | None) -> tuple[np.ndarray,
 
 def save_niqe_model(path: str | os.PathLike, mean: np.ndarray, cov: np.ndarray) -> Path:
     """Write a pristine model as ``.npz`` (keys ``mu_pris_param``, ``cov_pris_param``), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, mu_pris_param=np.asarray(mean).reshape(1, -1), cov_pris_param=np.asarray(cov))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    from edgehaze.fsutil import atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:  # np.savez would append .npz to a bare name
+            np.savez(fh, mu_pris_param=np.asarray(mean).reshape(1, -1), cov_pris_param=np.asarray(cov))
+
+    return atomic_write(path, write)
 
 
 @lru_cache(maxsize=1)
