@@ -73,6 +73,9 @@ REGISTERED_VARIANTS = ("dehazeformer-t", "dehazeformer-s", "dehazeformer-b", "de
 #: stride of each stage's output (layer1..layer5) relative to the input image
 STAGE_STRIDES = (1, 2, 4, 2, 1)
 
+#: how users pass official weights (named in error messages)
+_WEIGHTS_OPTION = "--backbone-weights (config key model.backbone_weights)"
+
 
 # --------------------------------------------------------------------------- padding
 
@@ -555,8 +558,8 @@ def load_official_dehazeformer_state(path: str | Path) -> Dict[str, torch.Tensor
     if not path.is_file():
         raise CheckpointError(
             f"{path}: DehazeFormer weights file not found; pass an existing official checkpoint "
-            f"(e.g. dehazeformer-t.pth from the IDKiro/DehazeFormer release) with --backbone-weights, "
-            f"or leave --backbone-weights out to start from random initialisation"
+            f"(e.g. dehazeformer-t.pth from the IDKiro/DehazeFormer release) with {_WEIGHTS_OPTION}, "
+            f"or leave it out to start from random initialisation"
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -564,20 +567,20 @@ def load_official_dehazeformer_state(path: str | Path) -> Dict[str, torch.Tensor
         raise CheckpointError(
             f"{path}: cannot read as a DehazeFormer checkpoint (not a torch file, or it holds "
             f"pickled objects other than tensors, which are not loaded for safety); "
-            f"pass an official .pth file with --backbone-weights"
+            f"pass an official .pth file with {_WEIGHTS_OPTION}"
         ) from None
     except Exception as exc:  # truncated or damaged file
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise CheckpointError(
             f"{path}: cannot read as a DehazeFormer checkpoint (truncated or damaged file: {reason}); "
-            f"pass an official .pth file with --backbone-weights"
+            f"pass an official .pth file with {_WEIGHTS_OPTION}"
         ) from None
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(
             f"{path}: not a DehazeFormer checkpoint (expected {{'state_dict': {{name: tensor}}}} "
-            f"or a bare state dict); pass an official .pth file with --backbone-weights"
+            f"or a bare state dict); pass an official .pth file with {_WEIGHTS_OPTION}"
         )
     prefix = "module."
     return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in obj.items()}
@@ -591,6 +594,9 @@ def _variant_shapes(name: str) -> Dict[str, Tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
+_STAGE_NAMES = tuple(f"layer{i}" for i in range(1, 6))
+
+
 def _blocks_per_stage(keys: Sequence[str]) -> Tuple[int, ...]:
     """Number of blocks in layer1..layer5 as seen in state-dict keys."""
     counts = [0] * 5
@@ -601,8 +607,6 @@ def _blocks_per_stage(keys: Sequence[str]) -> Tuple[int, ...]:
             counts[i] = max(counts[i], int(parts[2]) + 1)
     return tuple(counts)
 
-
-_STAGE_NAMES = tuple(f"layer{i}" for i in range(1, 6))
 
 
 def identify_dehazeformer_variant(state: Mapping[str, torch.Tensor]) -> Optional[str]:
@@ -644,11 +648,11 @@ def _mismatch_message(
         )
     guess = identify_dehazeformer_variant(state)
     if guess in REGISTERED_VARIANTS:
-        fix = f"it is a {guess} checkpoint: build the backbone {guess} (--backbone {guess}), or pass a {variant} file with --backbone-weights"
+        fix = f"it is a {guess} checkpoint: build the backbone {guess} (--backbone {guess}, config model.backbone), or pass a {variant} file with {_WEIGHTS_OPTION}"
     elif guess is not None:
-        fix = f"it is a {guess} checkpoint, a variant edgehaze does not register; pass a {variant} file with --backbone-weights"
+        fix = f"it is a {guess} checkpoint, a variant edgehaze does not register; pass a {variant} file with {_WEIGHTS_OPTION}"
     else:
-        fix = f"it matches no official DehazeFormer variant; pass an official {variant} checkpoint with --backbone-weights"
+        fix = f"it matches no official DehazeFormer variant; pass an official {variant} checkpoint with {_WEIGHTS_OPTION}"
     return f"{source}: does not fit {variant} ({'; '.join(details)}); {fix}"
 
 
