@@ -227,16 +227,22 @@ class TrainConfig:
             raise ConfigError(f"{where}: 'data.root' is not set; pass data.root=DIR")
 
 
-def _positive(value: int, key: str, where: str) -> None:
+def check_positive(value: int, key: str, where: str) -> None:
+    """ConfigError unless ``value >= 1`` (for other schemas' ``validate``)."""
     if value < 1:
         raise ConfigError(f"{where}: '{key}' must be >= 1, got {value}")
 
 
-def _check_choice(value: Any, choices: Sequence[str], key: str, where: str, many: bool = False) -> None:
+def check_choice(value: Any, choices: Sequence[str], key: str, where: str, many: bool = False) -> None:
+    """ConfigError unless ``value`` (or each of them, ``many``) is one of ``choices``."""
     values = value if many else [value]
     bad = [v for v in values if v not in choices]
     if bad:
         raise ConfigError(f"{where}: '{key}' has {bad[0]!r}; choose from {list(choices)}")
+
+
+_positive = check_positive  # names used by edgehaze.distill
+_check_choice = check_choice
 
 
 # ---------------------------------------------------------------- building

@@ -439,7 +439,25 @@ class Trainer:
             bar.close()
             if tb is not None:
                 tb.close()
+        self.check_replicas()
         return self._result()
+
+    def check_replicas(self) -> None:
+        """Under DDP, verify every rank ends with the same weights (cheap checksum)."""
+        if not self.ctx.enabled:
+            return
+        import torch.distributed as dist
+
+        local = torch.zeros(2, dtype=torch.float64, device=self.ctx.device)
+        for i, p in enumerate(self.model.parameters()):
+            local[0] += p.detach().double().sum()
+            local[1] += (p.detach().double().abs() * (1 + i % 7)).sum()
+        gathered = [torch.zeros_like(local) for _ in range(self.ctx.world_size)]
+        dist.all_gather(gathered, local)
+        if any(not torch.equal(g, gathered[0]) for g in gathered):
+            raise RuntimeError(f"{self.stage} stage: parameters differ across ranks: {[g.tolist() for g in gathered]}")
+        if self.ctx.is_main:
+            print(f"edgehaze train: {self.stage} parameters identical on {self.ctx.world_size} ranks")
 
     def _result(self) -> StageResult:
         best = self.best_path if self.best_path.is_file() else None
