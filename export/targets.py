@@ -1,0 +1,109 @@
+"""The table of export targets: which formats exist and which flags each takes.
+
+As in Ultralytics' exporter, one table drives the command line: a flag that a
+target does not take is an error naming the flag and the targets that do,
+instead of being silently ignored. GPU-only targets say so, and the packages
+they import are listed so a missing one gives an install hint, not a
+traceback.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, FrozenSet, Iterable, Sequence, Tuple
+
+from edgehaze.errors import EdgehazeError
+
+TRT_HINT = "install the trt extra on a GPU machine: pip install edgehaze[trt]"
+
+#: flags every target takes
+COMMON_FLAGS = frozenset({"imgsz", "dynamic", "out", "channel_order", "two_graph", "int8", "fp16"})
+#: flags of the INT8 calibration/QAT path
+INT8_FLAGS = frozenset({"calib", "qat_steps", "method", "max_psnr_drop", "force", "calib_images", "holdout_images"})
+
+
+@dataclass(frozen=True)
+class ExportTarget:
+    """One export format.
+
+    name: the ``--format`` value.
+    suffix: file suffix of the artifact's main graph.
+    precisions: precisions it can produce (fp32, fp16, int8).
+    gpu_only: needs an NVIDIA GPU and its packages (never verified here).
+    requires: python modules imported lazily when the target runs.
+    flags: option names (argparse dests) valid with this target.
+    """
+
+    name: str
+    suffix: str
+    precisions: Tuple[str, ...]
+    gpu_only: bool
+    requires: Tuple[str, ...]
+    flags: FrozenSet[str]
+    description: str
+
+
+EXPORT_TARGETS: Dict[str, ExportTarget] = {
+    t.name: t
+    for t in (
+        ExportTarget(
+            "onnx", ".onnx", ("fp32", "fp16", "int8"), False, ("onnx", "onnxruntime"),
+            COMMON_FLAGS | INT8_FLAGS | {"ort_optimize", "opset"},
+            "ONNX graph (uint8 NHWC in/out), FP32, FP16 or INT8 QDQ; runs in ONNX Runtime",
+        ),
+        ExportTarget(
+            "engine", ".engine", ("fp16", "int8"), True, ("tensorrt",),
+            COMMON_FLAGS | INT8_FLAGS | {"opset", "workspace"},
+            "TensorRT engine built from the ONNX graph (explicit-QDQ INT8 or FP16)",
+        ),
+        ExportTarget(
+            "torchtrt", ".ts", ("fp16", "int8"), True, ("torch_tensorrt",),
+            (COMMON_FLAGS - {"two_graph"}) | INT8_FLAGS,
+            "torch_tensorrt.compile of the PyTorch graph, saved as TorchScript",
+        ),
+    )
+}
+
+
+def resolve_formats(fmt: str) -> Sequence[ExportTarget]:
+    """``onnx|engine|torchtrt|all`` -> the targets to run (``all``: every one this machine can run)."""
+    if fmt == "all":
+        return list(EXPORT_TARGETS.values())
+    if fmt not in EXPORT_TARGETS:
+        raise EdgehazeError(f"--format {fmt}: unknown target; choose one of {', '.join(EXPORT_TARGETS)} or all")
+    return [EXPORT_TARGETS[fmt]]
+
+
+def precision_of(int8: bool, fp16: bool) -> str:
+    if int8 and fp16:
+        raise EdgehazeError("--int8 and --fp16 exclude each other; pick one precision")
+    return "int8" if int8 else "fp16" if fp16 else "fp32"
+
+
+def check_flags(targets: Iterable[ExportTarget], given: Iterable[str], precision: str) -> None:
+    """Refuse flags a requested target does not take, and precisions it cannot make."""
+    targets = list(targets)
+    for target in targets:
+        bad = sorted(f for f in given if f not in target.flags)
+        if bad:
+            takers = {f: [t.name for t in EXPORT_TARGETS.values() if f in t.flags] for f in bad}
+            detail = "; ".join(f"--{f.replace('_', '-')} (taken by: {', '.join(v) or 'none'})" for f, v in takers.items())
+            raise EdgehazeError(f"--format {target.name} does not take {detail}")
+        if precision not in target.precisions:
+            raise EdgehazeError(
+                f"--format {target.name} makes {'/'.join(target.precisions)}, not {precision}; "
+                f"add {' or '.join('--' + p for p in target.precisions if p != 'fp32')}"
+            )
+    if precision != "int8":
+        bad = sorted(f for f in given if f in INT8_FLAGS)
+        if bad:
+            raise EdgehazeError(f"{', '.join('--' + b.replace('_', '-') for b in bad)} only apply with --int8")
+
+
+def require_module(target: ExportTarget) -> None:
+    """Import check for a target's packages, with an install hint when missing."""
+    import importlib.util
+
+    missing = [m for m in target.requires if importlib.util.find_spec(m) is None]
+    if missing:
+        hint = TRT_HINT if target.gpu_only else "pip install " + " ".join(missing)
+        raise EdgehazeError(f"--format {target.name} needs {', '.join(missing)}, not installed: {hint}")
