@@ -4,6 +4,11 @@ Any size (the model pads and crops itself), PNG/JPG/BMP/TIFF, RGBA (alpha
 dropped), grayscale and 16-bit inputs (read as float RGB in [0, 1]). A file
 that cannot be read is reported by name and skipped; the rest are still
 processed and the command exits 1 at the end if anything failed.
+
+Images above ``--max-pixels`` (default 4096x4096) are dehazed in
+overlapping tiles of ``--tile`` pixels (edgehaze/tiling.py: aligned tiles,
+overlaps cropped; depth models get whole-image depth features), so memory
+stays bounded; ``--tile 0`` refuses such images instead, naming the limit.
 """
 from __future__ import annotations
 
@@ -27,6 +32,12 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     p.add_argument("--bits", type=int, default=8, choices=[8, 16], help="PNG/TIFF output bit depth")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="images with more pixels are processed in tiles (default 16777216 = 4096x4096)")
+    p.add_argument("--tile", type=int, default=None, metavar="PX",
+                   help="tile side for images over --max-pixels (default 1024; 0 refuses such images)")
+    p.add_argument("--tile-overlap", type=int, default=None, metavar="PX",
+                   help="context kept around each tile and cropped away (default 64)")
     p.set_defaults(func=run)
 
 
@@ -37,7 +48,20 @@ def run(args: argparse.Namespace) -> int:
     from edgehaze.checkpoint import load_dehazer
     from edgehaze.errors import EdgehazeError
     from edgehaze.imageio import list_images, read_image, to_image, to_tensor, write_image
+    from edgehaze.tiling import DEFAULT_MAX_PIXELS, DEFAULT_OVERLAP, DEFAULT_TILE, dehaze_tiled
 
+    max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels
+    tile = DEFAULT_TILE if args.tile is None else args.tile
+    overlap = DEFAULT_OVERLAP if args.tile_overlap is None else args.tile_overlap
+    if max_pixels < 1:
+        raise EdgehazeError(f"--max-pixels must be >= 1, got {max_pixels}")
+    if tile < 0 or (0 < tile < 2 * overlap + 32) or overlap < 0:
+        raise EdgehazeError(
+            f"--tile {tile} with --tile-overlap {overlap}: the tile must be 0 (no tiling) or at least "
+            f"2*overlap+32 = {2 * overlap + 32} px, and the overlap >= 0"
+        )
+    if args.ext not in (".png", ".tif") and args.bits == 16:
+        raise EdgehazeError(f"--bits 16 needs --ext .png or .tif, not {args.ext}")
     if args.threads:
         torch.set_num_threads(args.threads)
     files = list_images(args.images)
@@ -65,14 +89,26 @@ def run(args: argparse.Namespace) -> int:
             failed.append((path, str(exc)))
             tqdm.write(f"skipped: {exc}", file=sys.stderr)
             continue
-        with torch.inference_mode():
-            restored = model(to_tensor(image))
-        write_image(target, to_image(restored), bits=args.bits)
+        h, w = image.shape[:2]
+        if h * w > max_pixels:
+            if tile == 0:
+                reason = (f"{path}: {w}x{h} = {h * w / 1e6:.1f} MP is over --max-pixels {max_pixels}; "
+                          f"raise --max-pixels or allow tiling with --tile {DEFAULT_TILE}")
+                failed.append((path, reason))
+                tqdm.write(f"skipped: {reason}", file=sys.stderr)
+                continue
+            result = dehaze_tiled(model, image, tile=tile, overlap=overlap, bits=args.bits)
+            del image
+            write_image(target, result, bits=args.bits)
+        else:
+            with torch.inference_mode():
+                restored = model(to_tensor(image))
+            write_image(target, to_image(restored), bits=args.bits)
         written += 1
 
     print(f"dehazed {written} image(s) into {out_dir}" + (f", {skipped} already there (use --overwrite)" if skipped else ""))
     if failed:
-        print(f"{len(failed)} file(s) could not be read:", file=sys.stderr)
+        print(f"{len(failed)} file(s) could not be dehazed:", file=sys.stderr)
         for path, reason in failed:
             print(f"  {reason}", file=sys.stderr)
         return 1

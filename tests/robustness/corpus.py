@@ -169,7 +169,9 @@ def add_pairs(c: Corpus) -> None:
         (mism / sub).mkdir(parents=True, exist_ok=True)
     _png(mism / "hazy" / "a.png", _gradient(32, 32, 3))
     _png(mism / "clear" / "a.png", _gradient(36, 40, 4))
-    c.add("pairs_mismatch", mism, "hazy 32x32 vs GT 36x40 (same name)")
+    _png(mism / "hazy" / "b.png", _gradient(32, 32, 7))
+    _png(mism / "clear" / "b.png", _gradient(32, 32, 8))
+    c.add("pairs_mismatch", mism, "hazy/a.png 32x32 vs clear/a.png 36x40 (plus a good pair b)")
 
     miss = c.root / "pairs_missing_gt"
     for sub in ("hazy", "clear"):
@@ -241,9 +243,10 @@ def add_checkpoints(c: Corpus) -> None:
     torch.save({"state_dict": {"w": _Payload(c.marker)}}, str(d / "payload.pth"))
     c.add("payload.pth", d / "payload.pth", "torch.save pickle whose unpickling would create the marker")
     run = c.root / "payload_run"
-    run.mkdir(exist_ok=True)
+    (run / "rgb").mkdir(parents=True, exist_ok=True)
     torch.save({"step": _Payload(c.marker)}, str(run / "last.state.pt"))
-    c.add("payload_run", run, "a run folder whose last.state.pt carries the payload")
+    torch.save({"step": _Payload(c.marker)}, str(run / "rgb" / "last.state.pt"))
+    c.add("payload_run", run, "a train run folder whose rgb/last.state.pt carries the payload")
 
 
 # ------------------------------------------------------------------- ONNX
@@ -272,6 +275,7 @@ def add_configs(c: Corpus) -> None:
     base["out_dir"] = str(c.root / "train_runs" / "{name}")
     base.setdefault("data", {})["root"] = str(c.root / "train_data")
     base["data"]["procedural"] = {"n_train": 4, "n_test": 2, "size": [64, 64], "seed": 0}
+    base.setdefault("train", {})["batch_size"] = 2
     for stage in ("rgb", "fused"):
         if isinstance(base.get(stage), dict):
             base[stage]["steps"] = 2
@@ -279,6 +283,11 @@ def add_configs(c: Corpus) -> None:
     unknown["train"]["learning_rate_typo"] = 1.0e-3
     (d / "unknown_key.yaml").write_text(yaml.safe_dump(unknown, sort_keys=False))
     c.add("unknown_key.yaml", d / "unknown_key.yaml", "train config with train.learning_rate_typo")
+    run = c.root / "payload_run"
+    if run.is_dir():  # make it a resumable run of `edgehaze train --resume RUN_DIR`
+        stored = json.loads(json.dumps(base))
+        stored["out_dir"] = str(run)
+        (run / "config.yaml").write_text(yaml.safe_dump(stored, sort_keys=False))
     wrong = json.loads(json.dumps(base))
     wrong["train"]["lr"] = "fast"
     (d / "wrong_type.yaml").write_text(yaml.safe_dump(wrong, sort_keys=False))
