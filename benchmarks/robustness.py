@@ -418,7 +418,7 @@ def build_cells(c, work: Path, huge: bool = True) -> List[Cell]:  # type: ignore
     cells.append(Cell(cid, "synth", "payload.pth",
                       ["--clear", images, "--depth-model", "dav2-s", "--depth-weights", str(c["payload.pth"]),
                        "--out", str(out(cid))],
-                      (CLEAN,), names=("payload.pth",), watch=[out(cid)], fast=True))
+                      (CLEAN,), names=("payload.pth",), watch=[out(cid)]))
     cid = "synth/missing-depth-model-weights"
     cells.append(Cell(cid, "synth", "(no --depth-weights)",
                       ["--clear", images, "--depth-model", "dav2-s", "--out", str(out(cid))],
@@ -472,16 +472,29 @@ def build_cells(c, work: Path, huge: bool = True) -> List[Cell]:  # type: ignore
     cells.append(Cell(cid, "distill", "(none)", ["--config", dq, "--out", str(out(cid))], (CLEAN,),
                       names=("--teacher-ckpt", "teacher"), watch=[out(cid)], needs="edgehaze/cli/distill.py"))
 
-    # ---- export (flags per the export CLI: --checkpoint CKPT --out NAME)
-    for name in ("truncated.ckpt", "foreign.ckpt", "nan.ckpt", "mismatch.ckpt", "payload.pth", "teacher_moved.ckpt"):
+    # ---- export (--checkpoint CKPT --out DIR --name STEM)
+    for name in ("truncated.ckpt", "foreign.ckpt", "nan.ckpt", "mismatch.ckpt", "payload.pth", "teacher_moved.ckpt",
+                 "missing_file"):
         cid = f"export/{name}"
-        cells.append(Cell(cid, "export", name, ["--checkpoint", str(c[name]), "--out", str(out(cid) / "model")],
+        cells.append(Cell(cid, "export", name, ["--checkpoint", str(c[name]), "--out", str(out(cid)), "--name", "model"],
                           (CLEAN,), names=(Path(c[name]).name, "--depth-weights"), watch=[out(cid)], timeout=300,
-                          needs="edgehaze/cli/export.py"))
+                          needs="edgehaze/cli/export.py", fast=name == "truncated.ckpt"))
     cid = "export/good.ckpt"
-    cells.append(Cell(cid, "export", "good.ckpt", ["--checkpoint", good, "--out", str(out(cid) / "model")],
+    cells.append(Cell(cid, "export", "good.ckpt", ["--checkpoint", good, "--out", str(out(cid)), "--name", "model"],
                       (HANDLED,), watch=[out(cid)], check=files_exist("model.onnx", "model.json"), timeout=300,
                       needs="edgehaze/cli/export.py"))
+    cid = "export/int8-without-calib"
+    cells.append(Cell(cid, "export", "(no --calib)", ["--checkpoint", good, "--int8", "--out", str(out(cid))],
+                      (CLEAN,), names=("--calib",), watch=[out(cid)], timeout=300, needs="edgehaze/cli/export.py"))
+    cid = "export/int8-bad-calib-images"
+    cells.append(Cell(cid, "export", "images/", ["--checkpoint", good, "--int8", "--method", "ptq", "--calib", images,
+                                                "--out", str(out(cid)), "--name", "model"],
+                      (CLEAN, HANDLED), names=("truncated", "empty.png", "text.png", "--calib"), watch=[out(cid)],
+                      timeout=300, needs="edgehaze/cli/export.py"))
+    cid = "export/imgsz-1x1"
+    cells.append(Cell(cid, "export", "--imgsz 1 1", ["--checkpoint", good, "--imgsz", "1", "1", "--out", str(out(cid)),
+                                                    "--name", "model"],
+                      (CLEAN, HANDLED), names=("--imgsz",), watch=[out(cid)], timeout=300, needs="edgehaze/cli/export.py"))
 
     # ---- runtime/stream.py (torch-free subprocesses)
     art = str(c["artifact.onnx"])
