@@ -309,7 +309,10 @@ def init_z1(student: nn.Module, teacher: nn.Module, batches: Iterable[torch.Tens
     handles = [b.z1.register_forward_hook(hook("t", i)) for i, b in enumerate(teacher.fused_blocks())]
     handles += [b.z1.register_forward_hook(hook("s", i)) for i, b in enumerate(student.fused_blocks())]
     was_training = student.training
-    student.train()  # batch statistics, as in training
+    # the copied backbone as the teacher runs it (running BN statistics), the
+    # fresh encoder with batch statistics as in training
+    student.eval()
+    student.depth.train()
     gen = torch.Generator().manual_seed(0)
     try:
         for images in batches:
