@@ -152,6 +152,11 @@ def _digest(path: Optional[Path]) -> Optional[str]:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def _is_partial(name: str) -> bool:
+    """Temp names of our atomic writers (.NAME.xxx.tmp, .NAME.partial.mp4) and common others."""
+    return name.endswith(PARTIAL_SUFFIXES) or (name.startswith(".") and (".tmp" in name or ".partial" in name))
+
+
 class _Timeout(Exception):
     pass
 
@@ -237,8 +242,7 @@ def run_cell(cell: Cell, corpus, inprocess: bool = False) -> Result:  # type: ig
         problems.append("the stream password was printed")
     if corpus.marker.exists():
         problems.append("the pickle payload ran (marker file created)")
-    partial = [p for p in _tree_state(cell.watch)
-               if p.endswith(PARTIAL_SUFFIXES) or Path(p).name.startswith(".") and ".tmp" in Path(p).name]
+    partial = [p for p in _tree_state(cell.watch) if _is_partial(Path(p).name)]
     if partial:
         problems.append(f"partial file(s) left: {', '.join(Path(p).name for p in partial[:3])}")
     if cell.sentinel is not None and _digest(cell.sentinel) != before_digest:
@@ -357,6 +361,14 @@ def build_cells(c, work: Path, huge: bool = True) -> List[Cell]:  # type: ignore
     cells.append(Cell(cid, "dehaze", "good.png", [str(c["good.png"]), "--checkpoint", good, "--out", str(out(cid))],
                       (HANDLED,), watch=[out(cid)], sentinel=sentinel, fast=True,
                       check=output_mentions("--overwrite")))
+    # --out is an existing file / a folder that cannot be created
+    cid = "dehaze/out-is-a-file"
+    cells.append(Cell(cid, "dehaze", "good.png", [str(c["good.png"]), "--checkpoint", good, "--out", str(c["text.png"])],
+                      (CLEAN,), names=("--out",), sentinel=Path(c["text.png"]), fast=True))
+    cid = "dehaze/out-under-a-file"
+    cells.append(Cell(cid, "dehaze", "good.png", [str(c["good.png"]), "--checkpoint", good, "--out",
+                                                 str(Path(c["text.png"]) / "sub")],
+                      (CLEAN,), names=("--out",)))
     # checkpoints
     ckpt_cases = ["foreign.ckpt", "mismatch.ckpt", "nan.ckpt", "truncated.ckpt", "payload.pth", "teacher_moved.ckpt"]
     for name in ckpt_cases:

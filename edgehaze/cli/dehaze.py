@@ -69,7 +69,10 @@ def run(args: argparse.Namespace) -> int:
         raise EdgehazeError(f"no images found in {' '.join(args.images)} (supported: png, jpg, bmp, tif, webp)")
     model, meta = load_dehazer(args.checkpoint, depth_weights=args.depth_weights)
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file of that name, no permission, read-only disk
+        raise EdgehazeError(f"--out {out_dir}: cannot create the output folder ({exc.strerror or exc})") from None
 
     failed: list[tuple[Path, str]] = []
     written = skipped = 0
@@ -99,11 +102,16 @@ def run(args: argparse.Namespace) -> int:
                 continue
             result = dehaze_tiled(model, image, tile=tile, overlap=overlap, bits=args.bits)
             del image
-            write_image(target, result, bits=args.bits)
         else:
             with torch.inference_mode():
-                restored = model(to_tensor(image))
-            write_image(target, to_image(restored), bits=args.bits)
+                result = to_image(model(to_tensor(image)))
+        try:
+            write_image(target, result, bits=args.bits)
+        except OSError as exc:  # full disk, read-only folder, quota: the earlier file is intact (atomic write)
+            raise EdgehazeError(
+                f"{target}: cannot write ({exc.strerror or exc}); free some space or pass another --out "
+                f"({written} image(s) written before this one)"
+            ) from None
         written += 1
 
     print(f"dehazed {written} image(s) into {out_dir}" + (f", {skipped} already there (use --overwrite)" if skipped else ""))
