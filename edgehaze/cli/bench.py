@@ -1,0 +1,66 @@
+"""``edgehaze bench``: latency and FPS of models on torch eager, ONNX Runtime FP32/INT8 (and TensorRT).
+
+Examples::
+
+    edgehaze bench --checkpoint runs/demo/stage2/fused/best.safetensors \\
+        --onnx runs/demo/export/student-fp32.onnx runs/demo/export/student-int8.onnx
+    edgehaze bench --teacher dav2-l --depth-weights ~/weights/depth_anything_v2_vitl.pth \\
+        --sizes 480x640 1080x1920 --runs 10 --json bench.json
+
+Checkpoints run in torch eager; exported artifacts run through the shipped
+runtime (``runtime.create``/``run``, uint8 buffers); TensorRT is used when
+present and otherwise listed as skipped. Prints a Markdown table; ``--json``
+writes every number (median, p90, mean, min, FPS, the machine).
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers: "argparse._SubParsersAction") -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="latency/FPS: torch eager vs ONNX Runtime FP32 vs INT8 (vs TensorRT), teacher vs student",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--checkpoint", nargs="+", default=[], metavar="CKPT", help="dehazer checkpoints (.safetensors), torch eager")
+    p.add_argument("--onnx", nargs="+", default=[], metavar="MODEL", help="exported artifacts (NAME.onnx, or NAME.engine)")
+    p.add_argument("--sizes", nargs="+", default=["480x640"], metavar="HxW", help="frame sizes, height x width (default 480x640)")
+    p.add_argument("--runs", type=int, default=30, help="timed runs per case (default 30)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch and ONNX Runtime (default 2)")
+    p.add_argument("--teacher", default=None, metavar="NAME",
+                   help="also time a dehazer fused with this depth teacher (e.g. dav2-l, tiny)")
+    p.add_argument("--backbone", default="edge-s", help="backbone of the --teacher model (default edge-s)")
+    p.add_argument("--depth-weights", default=None, help="the teacher's weights (--teacher; or checkpoints whose teacher moved)")
+    p.add_argument("--depth-input-size", type=int, default=None, help="teacher input side (multiple of 14; default 518)")
+    p.add_argument("--no-tensorrt", action="store_true", help="do not try TensorRT even where it is installed")
+    p.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgehaze.bench import markdown_table, parse_size, run_bench, write_json
+
+    sizes = [parse_size(s) for s in args.sizes]
+    depth_kwargs = {"input_size": args.depth_input_size} if args.depth_input_size else None
+    result = run_bench(
+        checkpoints=args.checkpoint,
+        onnx=args.onnx,
+        sizes=sizes,
+        runs=args.runs,
+        warmup=args.warmup,
+        threads=args.threads,
+        teacher=args.teacher,
+        teacher_backbone=args.backbone,
+        depth_weights=args.depth_weights,
+        depth_kwargs=depth_kwargs,
+        tensorrt=not args.no_tensorrt,
+        progress=not args.no_progress,
+    )
+    print(markdown_table(result["results"], result["notes"]), end="")
+    if args.json:
+        print(f"results: {write_json(args.json, result)}")
+    return 1 if any("error" in r for r in result["results"]) else 0
