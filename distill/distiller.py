@@ -160,6 +160,11 @@ class DistillConfig:
                 f"{where}: 'distill.cache_teacher: on' keeps one teacher result per image and needs "
                 "'data.crop: null' and 'data.flip: false'"
             )
+        if self.train.ema or self.train.amp not in ("auto", "off") or self.train.depth_cache:
+            raise ConfigError(
+                f"{where}: 'train.ema', 'train.amp' (bf16/fp16) and 'train.depth_cache' are not used by "
+                "edgehaze distill (it runs in fp32; the teacher cache is 'distill.cache_teacher'); remove them"
+            )
         if self.data.root is None:
             raise ConfigError(f"{where}: 'data.root' is not set; pass --data DIR (or data.root=DIR)")
 
