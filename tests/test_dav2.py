@@ -12,7 +12,6 @@ from edgehaze.models.depth import dav2_convert
 from edgehaze.models.depth.dav2 import (
     ARCHS,
     Dav2Arch,
-    DepthAnythingTeacher,
     build_config,
     network_input_size,
 )
@@ -104,17 +103,23 @@ def test_hugging_face_folder_loads(tmp_path, source, image):
     source.model.save_pretrained(tmp_path / "hf")
     loaded = DEPTH_MODELS.build("tiny", weights=str(tmp_path / "hf"), input_size=56, seed=2)
     torch.testing.assert_close(loaded.depth(image), source.depth(image), atol=1e-6, rtol=0)
+    # the folder's weight file alone (save_pretrained writes the legacy attention names)
+    alone = DEPTH_MODELS.build("tiny", weights=str(tmp_path / "hf" / "model.safetensors"), input_size=56, seed=2)
+    torch.testing.assert_close(alone.depth(image), source.depth(image), atol=1e-6, rtol=0)
 
 
 def test_weights_of_another_size_are_refused(tmp_path):
     from transformers import DepthAnythingForDepthEstimation
 
     wider = Dav2Arch("wider", 64, 4, 2, (0, 1, 2, 3), 16, (8, 16, 32, 32))
+    net = DepthAnythingForDepthEstimation(build_config(wider))
     path = tmp_path / "wider.pth"
-    torch.save(dav2_convert.transformers_to_official(
-        DepthAnythingForDepthEstimation(build_config(wider)).state_dict()), path)
-    with pytest.raises(CheckpointError, match=re.escape(str(path))):
+    torch.save(dav2_convert.transformers_to_official(net.state_dict()), path)
+    with pytest.raises(CheckpointError, match=re.escape(str(path)) + ".*width 32"):
         DEPTH_MODELS.build("tiny", weights=str(path))
+    net.save_pretrained(tmp_path / "wider_hf")
+    with pytest.raises(CheckpointError, match="wider_hf.*width 32"):
+        DEPTH_MODELS.build("tiny", weights=str(tmp_path / "wider_hf"))
 
 
 def test_unreadable_or_foreign_files_are_refused(tmp_path):
@@ -156,11 +161,13 @@ def test_features_declared_channels_finest_first(source, image):
 
 
 def test_feature_channels_per_variant_match_the_neck():
-    from edgehaze.models.depth.dav2 import _RELEASES
+    """Declared channels are what each size's neck fusion layers put out."""
+    from transformers.models.depth_anything.modeling_depth_anything import DepthAnythingNeck
 
-    for model_id, release in _RELEASES.items():
-        assert ARCHS[release.arch].features in (64, 128, 256, 16)
-    assert [ARCHS[a].features for a in ("vits", "vitb", "vitl")] == [64, 128, 256]
+    for arch, channels in (("vits", 64), ("vitb", 128), ("vitl", 256)):
+        neck = DepthAnythingNeck(build_config(ARCHS[arch]))
+        assert [layer.projection.out_channels for layer in neck.fusion_stage.layers] == [channels] * 4
+        assert [conv.in_channels for conv in neck.convs] == list(ARCHS[arch].out_channels)
 
 
 def test_teacher_is_frozen(source, image):
@@ -222,3 +229,41 @@ def test_official_position_embedding_formula(source):
         official = torch.cat([pos[:, :1], official.permute(0, 2, 3, 1).reshape(1, -1, dim)], dim=1)
         torch.testing.assert_close(ours(h, w), official, atol=1e-6, rtol=0)
         assert (ours(h, w) - transformers_default(h, w)).abs().max() > 1e-2
+
+
+def test_symbolic_resize_matrix_equals_official_interpolate():
+    """The tensor-only resize used under dynamic-shape export is the official bicubic."""
+    from edgehaze.models.depth.dav2 import _official_resize_matrix
+
+    torch.manual_seed(0)
+    grid = torch.randn(1, 3, 37, 37, dtype=torch.float64)
+    for rows, cols in [(37, 49), (25, 33), (5, 80)]:
+        ref = F.interpolate(grid, scale_factor=((rows + 0.1) / 37, (cols + 0.1) / 37), mode="bicubic")
+        m_r = _official_resize_matrix(torch.arange(rows, dtype=torch.float64), 37)
+        m_c = _official_resize_matrix(torch.arange(cols, dtype=torch.float64), 37)
+        torch.testing.assert_close(m_r @ grid @ m_c.T, ref, atol=1e-12, rtol=0)
+    keep = torch.tensor([True])
+    eye = _official_resize_matrix(torch.arange(37, dtype=torch.float64), 37, keep)
+    assert torch.equal(eye, torch.eye(37, dtype=torch.float64))
+
+
+@pytest.mark.slow
+def test_dynamic_shape_export_keeps_sizes_symbolic(source):
+    """One exported graph serves several input sizes (no int() / frozen scale)."""
+    from torch.export import Dim
+
+    class Depth(torch.nn.Module):
+        def __init__(self, teacher):
+            super().__init__()
+            self.teacher = teacher
+
+        def forward(self, px):
+            return self.teacher.depth_from_pixels(px)
+
+    net = Depth(source).eval()
+    ph, pw = Dim("ph", min=2, max=64), Dim("pw", min=2, max=64)
+    ep = torch.export.export(net, (torch.randn(1, 3, 56, 70),), dynamic_shapes={"px": {2: 14 * ph, 3: 14 * pw}})
+    for size in [(98, 42), (518, 518), (518, 686)]:
+        x = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            torch.testing.assert_close(ep.module()(x), net(x), atol=1e-4, rtol=0)

@@ -40,7 +40,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -161,32 +161,77 @@ def network_input_size(height: int, width: int, input_size: int = 518) -> Tuple[
     return constrain(scale * height), constrain(scale * width)
 
 
+def _official_resize_matrix(rows: torch.Tensor, n_in: int, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``n_out x n_in`` matrix of the official bicubic resize along one axis.
+
+    ``rows`` is ``arange(n_out)`` (float); everything is derived from tensors,
+    so a dynamic-shape export keeps the size symbolic (``F.interpolate`` with a
+    symbolic ``scale_factor`` gets specialised to the example size). Same
+    arithmetic as PyTorch's CPU ``upsample_bicubic2d`` (A = -0.75, half-pixel
+    source index ``(dst + 0.5) / scale - 0.5``, taps clamped to the border),
+    with ``scale = (n_out + 0.1) / n_in`` (its inverse computed in float64
+    and rounded once, as PyTorch does with a given ``scale_factor``). Where
+    the boolean tensor ``keep`` is true it is the identity instead.
+    """
+    a = -0.75
+    n_out = rows[-1:].double() + 1.0
+    src = (rows + 0.5) * (n_in / (n_out + POS_EMBED_OFFSET)).to(rows.dtype) - 0.5
+    x0 = torch.floor(src)
+    t = src - x0
+
+    def conv1(x):  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def conv2(x):  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    weights = (conv2(t + 1), conv1(t), conv1(1 - t), conv2(2 - t))
+    cols = torch.arange(n_in, device=rows.device, dtype=rows.dtype)
+    matrix = torch.zeros_like(rows[:, None] * cols[None, :])
+    for k, w in enumerate(weights):
+        tap = torch.clamp(x0 + (k - 1), 0, n_in - 1)
+        matrix = matrix + w[:, None] * (tap[:, None] == cols[None, :]).to(rows.dtype)
+    if keep is None:
+        return matrix
+    return torch.where(keep, (rows[:, None] == cols[None, :]).to(rows.dtype), matrix)
+
+
 def _official_interpolate_pos_encoding(self, embeddings: torch.Tensor, height, width) -> torch.Tensor:
     """DINOv2 position embeddings resized as in the official Depth Anything V2.
 
     ``scale_factor = ((h // 14 + 0.1) / sqrt(N), (w // 14 + 0.1) / sqrt(N))``,
     bicubic, no antialias; returned unchanged at the trained grid when square
-    (as the official code). With a symbolic size (dynamic-shape export) it
-    always interpolates, since a graph cannot branch on the size.
+    (as the official code). With a symbolic size (dynamic-shape export or
+    tracing) the same resize is done as two matrix products built from tensor
+    ops, since ``F.interpolate`` would freeze its scale to the example size.
     """
     num_patches = embeddings.shape[1] - 1
     num_positions = self.position_embeddings.shape[1] - 1
-    concrete = isinstance(height, int) and isinstance(width, int) and not torch.jit.is_tracing()
-    if concrete and num_patches == num_positions and height == width:
-        return self.position_embeddings
     side = int(math.sqrt(num_positions))
     patch_h, patch_w = self.patch_embeddings.patch_size
     rows, cols = height // patch_h, width // patch_w
     dim = embeddings.shape[-1]
     pos = self.position_embeddings.float()
     grid = pos[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2)
-    grid = F.interpolate(
-        grid,
-        scale_factor=((rows + POS_EMBED_OFFSET) / side, (cols + POS_EMBED_OFFSET) / side),
-        mode="bicubic",
-        align_corners=False,
-        antialias=False,
-    )
+    concrete = isinstance(height, int) and isinstance(width, int) and not torch.jit.is_tracing()
+    if concrete:
+        if num_patches == num_positions and height == width:
+            return self.position_embeddings
+        grid = F.interpolate(
+            grid,
+            scale_factor=((rows + POS_EMBED_OFFSET) / side, (cols + POS_EMBED_OFFSET) / side),
+            mode="bicubic",
+            align_corners=False,
+            antialias=False,
+        )
+    else:
+        r = torch.arange(rows, device=pos.device, dtype=pos.dtype)
+        c = torch.arange(cols, device=pos.device, dtype=pos.dtype)
+        # on the trained square grid the official code keeps the embeddings as they are
+        keep = (r[-1:] == side - 1) & (c[-1:] == side - 1)
+        m_rows = _official_resize_matrix(r, side, keep)
+        m_cols = _official_resize_matrix(c, side, keep)
+        grid = torch.matmul(torch.matmul(m_rows, grid), m_cols.transpose(0, 1))
     grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim)
     return torch.cat((pos[:, :1], grid), dim=1).to(embeddings.dtype)
 
@@ -371,20 +416,24 @@ def _check_weights(release: _Release, weights) -> Optional[Path]:
     return path
 
 
+def _arch_label(arch: Dav2Arch) -> str:
+    return "tiny ViT" if arch.name == "tiny" else f"ViT-{arch.name[-1].upper()}"
+
+
 def _arch_name_of(hidden_size: int, num_layers: int) -> str:
     name = _HIDDEN_TO_ARCH.get(hidden_size)
     if name is not None and ARCHS[name].num_layers == num_layers:
-        return f"ViT-{name[-1].upper()}"
+        return _arch_label(ARCHS[name])
     return f"an encoder of width {hidden_size} and {num_layers} blocks"
 
 
 def _wrong_size(path: Path, model_id: str, found: str) -> CheckpointError:
     want = ARCHS[_RELEASES[model_id].arch]
-    others = [r.model_id for r in _RELEASES.values() if f"ViT-{r.arch[-1].upper()}" == found
+    others = [r.model_id for r in _RELEASES.values() if _arch_label(ARCHS[r.arch]) == found
               and r.model_id[:4] == model_id[:4]]
     hint = f" or choose depth model '{others[0]}'" if others else ""
     return CheckpointError(
-        f"{path}: holds {found}, but depth model '{model_id}' is a {want.name} "
+        f"{path}: holds {found}, but depth model '{model_id}' is a {_arch_label(want)} "
         f"(width {want.hidden_size}, {want.num_layers} blocks); pass its own weights "
         f"({_RELEASES[model_id].where}) with --depth-weights{hint}"
     )
@@ -421,12 +470,20 @@ def _read_hf_folder(path: Path, model: nn.Module, model_id: str) -> dict:
     from transformers import DepthAnythingForDepthEstimation
 
     try:
-        loaded = DepthAnythingForDepthEstimation.from_pretrained(str(path), local_files_only=True)
+        loaded, info = DepthAnythingForDepthEstimation.from_pretrained(
+            str(path), local_files_only=True, output_loading_info=True
+        )
     except Exception as exc:
         raise CheckpointError(
             f"{path}: cannot load it as a Depth Anything model folder ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:200]}); pass a DepthAnythingForDepthEstimation folder"
         ) from None
+    incomplete = [k for k in ("missing_keys", "mismatched_keys") if info.get(k)]
+    if incomplete:  # from_pretrained would have filled these with random values
+        raise CheckpointError(
+            f"{path}: its weights do not cover the model it declares ({incomplete[0]}: "
+            f"{list(info[incomplete[0]])[:3]}); pass a complete Depth Anything V2 folder"
+        )
     theirs, ours = loaded.config, model.config
     if theirs.depth_estimation_type != "relative":
         raise CheckpointError(
@@ -494,7 +551,7 @@ def tiny(weights: Optional[str] = None, input_size: int = 518, seed: int = 0) ->
     return DepthAnythingTeacher("tiny", weights=weights, input_size=input_size, seed=seed)
 
 
-__all__: Sequence[str] = (
+__all__ = (
     "ARCHS",
     "DepthAnythingTeacher",
     "build_config",

@@ -75,6 +75,23 @@ _FUSION_UNIT_RENAMES = {
 }
 
 
+# transformers < 5 (and its save_pretrained, which still writes them) name the
+# DINOv2 attention projections like this
+_LEGACY_ATTENTION = (
+    ("attention.attention.query.", "attention.q_proj."),
+    ("attention.attention.key.", "attention.k_proj."),
+    ("attention.attention.value.", "attention.v_proj."),
+    ("attention.output.dense.", "attention.o_proj."),
+)
+
+
+def _current_transformers_name(key: str) -> str:
+    for old, new in _LEGACY_ATTENTION:
+        if old in key:
+            return key.replace(old, new)
+    return key
+
+
 def _head_renames() -> Dict[str, str]:
     """Fixed official -> transformers names of the DPT head (``depth_head.*``)."""
     table: Dict[str, str] = {}
@@ -126,12 +143,13 @@ def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
 def official_to_transformers(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
     """Rename an official (or Distill-Any-Depth) DAv2 state dict to transformers' names.
 
-    Splits each fused ``attn.qkv`` into ``q_proj``/``k_proj``/``v_proj``.
+    Splits each fused ``attn.qkv`` into ``q_proj``/``k_proj``/``v_proj``. A
+    transformers state dict passes through (legacy attention names updated).
     Raises ``ValueError`` naming the first key that has no counterpart.
     """
     layout = detect_layout(state_dict)
     if layout == TRANSFORMERS:
-        return dict(state_dict)
+        return {_current_transformers_name(k): v for k, v in state_dict.items()}
     prefix = "pretrained." if layout == OFFICIAL else "backbone."
     out: StateDict = {}
     for key, value in state_dict.items():
