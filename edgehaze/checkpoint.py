@@ -48,10 +48,10 @@ def provenance_of(model: "torch.nn.Module") -> Dict[str, Any]:
     depth = getattr(model, "depth", None)
     if depth is None:
         return {"depth": None, "teacher": None, "license": None}
+    # A distilled student names the teacher it learned from; as a derivative
+    # it carries that teacher's licence, not only its own.
     teacher = getattr(depth, "teacher_id", None) or depth.model_id
-    licence = getattr(depth, "license", None)
-    if teacher in DEPTH_LICENSES:
-        licence = DEPTH_LICENSES[teacher]
+    licence = DEPTH_LICENSES.get(teacher) or getattr(depth, "teacher_license", None) or getattr(depth, "license", None)
     return {"depth": depth.model_id, "teacher": teacher, "license": licence}
 
 
