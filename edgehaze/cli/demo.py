@@ -1,0 +1,45 @@
+"""``edgehaze demo``: the whole chain on this CPU, from nothing, in minutes.
+
+    edgehaze demo                       # runs/demo: data, teacher, stage 1+2, student, INT8, stream, report
+    edgehaze demo --quick --out /tmp/d  # a smaller run (~1-2 minutes), e.g. to check an install
+    edgehaze demo --force distill       # redo distillation and everything after it
+    edgehaze demo --stages data teacher # only these stages
+
+Stages: data, teacher, rgb, fused, distill, export, stream, report. A stage
+whose outputs exist is skipped; each writes its log to OUT/logs/STAGE.log.
+The report is OUT/report.md (+ report.json, report/contact_sheet.png).
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers: "argparse._SubParsersAction") -> None:
+    from edgehaze.demo import STAGE_NAMES  # light: the module imports torch lazily
+
+    p = subparsers.add_parser(
+        "demo",
+        help="the whole chain on this CPU: procedural data, depth teacher, training, distillation, INT8, stream, report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--force", nargs="?", const="all", default=None, metavar="STAGE",
+                   help="redo every stage, or STAGE and the ones after it")
+    p.add_argument("--stages", nargs="+", default=None, choices=STAGE_NAMES, metavar="STAGE",
+                   help=f"run only these stages ({', '.join(STAGE_NAMES)})")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch and ONNX Runtime (default 2)")
+    p.add_argument("--quick", action="store_true", help="a much smaller run (for tests and install checks)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (stage lines only)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgehaze.demo import run_demo
+
+    state = run_demo(out=args.out, quick=args.quick, force=args.force, stages=args.stages, threads=args.threads,
+                     progress=not args.no_progress)
+    total = sum((rec.get("wall_s") or 0.0) for rec in state["stages"].values())
+    print(f"edgehaze demo: {len(state['stages'])} stage(s) done, {total:.0f} s of work in all "
+          f"({state.get('last_invocation_s', 0.0):.0f} s this time)")
+    return 0
