@@ -152,7 +152,8 @@ def add_huge(c: Corpus, side: int = 8000) -> None:
     """A flat ``side x side`` PNG (compresses to a few hundred KB)."""
     import cv2
 
-    path = c.root / "images" / f"huge_{side}.png"
+    path = c.root / "huge" / f"huge_{side}.png"  # its own folder: folder-wide cells must not hit it
+    path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         arr = np.full((side, side, 3), 150, np.uint8)
         arr[: side // 2] = 110  # two flat halves: a hazy-ish frame with one edge
