@@ -24,8 +24,8 @@ from edgehaze.tiling import dehaze_tiled, plan_tiles, tile_alignment
 
 from .corpus import _load_artifacts_helper, tiny_model
 
-FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-SLOWISH = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FAST = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SLOWISH = settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 sides = st.integers(min_value=1, max_value=40)
 
 
@@ -86,23 +86,14 @@ def _model(name: str):
     from edgehaze import build_dehazer
 
     torch.manual_seed(0)
-    if name == "edge-xs":
-        return tiny_model()
-    return build_dehazer(name, backbone_kwargs={"embed_dims": [8, 8, 8, 8, 8], "depths": [1, 1, 1, 1, 1],
-                                                "num_heads": [1, 1, 1, 1, 1]} if name == "dehazeformer-t" else None).eval()
+    return tiny_model() if name == "edge-xs" else build_dehazer(name).eval()
 
 
 @pytest.mark.parametrize("backbone", ["edge-xs", "dehazeformer-t"])
 @SLOWISH
 @given(h=st.integers(1, 37), w=st.integers(1, 37))
 def test_any_size_comes_back_the_same_size(backbone, h, w):
-    try:
-        model = _model(backbone)
-    except TypeError:  # the DehazeFormer factory takes no size overrides: the real tiny variant
-        _model.cache_clear()
-        from edgehaze import build_dehazer
-
-        model = build_dehazer(backbone).eval()
+    model = _model(backbone)
     x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(h * 100 + w))
     with torch.inference_mode():
         y = model(x)
@@ -182,10 +173,11 @@ def test_tiled_equals_untiled_edge():
         assert np.abs(out - ref).max() < worst and np.abs(out - ref).mean() < 1e-3
         assert np.abs(ref - img).max() > 0.02  # the model really changes the image
     # without overlap the seams are visible: the margin is what makes them vanish
-    seams = dehaze_tiled(model, img, tile=64, overlap=0, bits=None)
+    seams = dehaze_tiled(model, img, tile=96, overlap=0, bits=None)
     assert np.abs(seams - ref).mean() > 3 * np.abs(out - ref).mean()
 
 
+@pytest.mark.slow  # building the `tiny` DepthAnything imports transformers (~15 s on a busy 2-core box)
 def test_tiled_with_depth_uses_whole_image_depth():
     """With a depth model each tile gets its crop of whole-image depth features (looser tolerance)."""
     from edgehaze import build_dehazer
@@ -196,7 +188,7 @@ def test_tiled_with_depth_uses_whole_image_depth():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     model.eval()
-    img = _noisy(160, 224)
+    img = _noisy(128, 192)
     with torch.inference_mode():
         ref = to_image(model(to_tensor(img)))
     stored = dehaze_tiled(model, img, tile=128, overlap=32, bits=16, depth_side=1024)
