@@ -54,7 +54,10 @@ def run(args: argparse.Namespace) -> int:
         config_path = stored
     if config_path is None:
         raise ConfigError("pass --config FILE (e.g. configs/quickstart.yaml), or --resume RUN_DIR")
-    cfg = load_config(config_path, TrainConfig, args.overrides)
+    overrides = list(args.overrides)
+    if resume and args.resume != "auto":
+        overrides.append(f"out_dir={Path(args.resume)}")  # the run stays where it is, from any cwd
+    cfg = load_config(config_path, TrainConfig, overrides)
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0

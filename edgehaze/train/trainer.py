@@ -33,7 +33,6 @@ included, so one atomic file is always self-consistent). Logs go to
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -462,7 +461,3 @@ class Trainer:
     def _result(self) -> StageResult:
         best = self.best_path if self.best_path.is_file() else None
         return StageResult(self.stage, self.step, self.best_metric, best, self.last_path, self.stage_dir)
-
-
-def finite_or_none(x: float) -> Optional[float]:
-    return x if math.isfinite(x) else None
