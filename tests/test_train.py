@@ -219,6 +219,11 @@ def test_fresh_run_into_existing_run_dir_is_refused(tmp_path: Path, tiny_data: P
     # resuming a finished run does nothing and keeps the log
     run_training(cfg, resume=True)
     assert len(_log(tmp_path / "run")) == 2
+    from edgehaze.cli import main
+
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 0  # the config stored in the run
+    assert len(_log(tmp_path / "run")) == 2
+    assert main(["train", "--resume", str(tmp_path)]) == 2  # not a run directory: one-line error
 
 
 def test_corrupt_state_is_a_checkpoint_error(tmp_path: Path, tiny_data: Path) -> None:
