@@ -226,10 +226,10 @@ def pretrain_teacher(
         opt.step()
         sched.step()
         if step == 1 or step % log_every == 0 or step == steps:
-            losses.append((step, float(loss)))
+            losses.append((step, float(loss.detach())))
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
     if bar is not None:
         bar.close()
     net.requires_grad_(False)
