@@ -212,8 +212,13 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path, tiny_dat
 def test_fresh_run_into_existing_run_dir_is_refused(tmp_path: Path, tiny_data: Path) -> None:
     from edgehaze.train.teacher import run_training
 
-    cfg = _config(tmp_path, tiny_data, "rgb.steps=2")
+    cfg = _config(
+        tmp_path, tiny_data, "rgb.steps=2", "train.accumulate=2", "train.grad_clip=0.5", "loss.ssim=0.5", "loss.fft=0.1"
+    )
     run_training(cfg)
+    row = _log(tmp_path / "run")[0]
+    assert {"l1", "ssim", "fft", "grad_norm", "lr"} <= set(row)
+    assert float(row["loss"]) == pytest.approx(float(row["l1"]) + 0.5 * float(row["ssim"]) + 0.1 * float(row["fft"]), rel=1e-5)
     with pytest.raises(ConfigError, match="--resume"):
         run_training(cfg)
     # resuming a finished run does nothing and keeps the log
