@@ -265,6 +265,8 @@ def run_cell(cell: Cell, corpus, inprocess: bool = False) -> Result:  # type: ig
                 problems.append(f"exit {rc} but the error names none of {list(cell.names)}")
             elif not text.strip():
                 problems.append(f"exit {rc} with no message at all")
+            elif _error_tail_lines(text) > 1:
+                problems.append(f"the error message spans {_error_tail_lines(text)} lines (one line expected)")
             else:
                 outcome = CLEAN
     if outcome != FAILURE and outcome not in cell.expect:
@@ -273,6 +275,18 @@ def run_cell(cell: Cell, corpus, inprocess: bool = False) -> Result:  # type: ig
     reason = "; ".join(problems) if problems else _summary_line(text, rc)
     return Result(cell.id, cell.command, cell.entry, cell.shell(), outcome, rc, round(secs, 2), reason,
                   text[-3000:])
+
+
+_ERROR_MARKERS = (": error: ", "[stream] error ", "error [")
+
+
+def _error_tail_lines(text: str) -> int:
+    """Lines from the last error line (``edgehaze CMD: error: ...``, ``[stream] error ...``) to the end."""
+    lines = text.rstrip().splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        if any(m in lines[i] for m in _ERROR_MARKERS):
+            return len([ln for ln in lines[i:] if ln.strip()])
+    return 1
 
 
 def _summary_line(text: str, rc: Optional[int]) -> str:
@@ -404,6 +418,14 @@ def build_cells(c, work: Path, huge: bool = True) -> List[Cell]:  # type: ignore
     cells.append(Cell(cid, "eval", "images/", ["--checkpoint", good, "--hazy", str(Path(c["good.png"]).parent),
                                               "--out", str(out(cid))],
                       (CLEAN,), names=("truncated", "empty.png", "text.png", "--skip-bad"), watch=[out(cid)]))
+    nonutf8_dir = str(Path(c["nonutf8"]).parent)
+    cid = "eval/nonutf8-name"
+    cells.append(Cell(cid, "eval", "nonutf8", ["--checkpoint", good, "--hazy", nonutf8_dir, "--out", str(out(cid)),
+                                              "--save-images"],
+                      (HANDLED,), watch=[out(cid)], check=files_exist("summary.json")))
+    cid = "synth/nonutf8-name"
+    cells.append(Cell(cid, "synth", "nonutf8", ["--clear", nonutf8_dir, "--depth-model", "tiny", "--out", str(out(cid))],
+                      (HANDLED,), watch=[out(cid)]))
     for name in ("truncated.ckpt", "foreign.ckpt", "payload.pth"):
         cid = f"eval/{name}"
         root = Path(c["pairs_missing_gt"])

@@ -53,6 +53,9 @@ def test_judge_flags_tracebacks_secrets_and_unnamed_errors(tmp_path):
     assert "password" in cell("import sys; print('rtsp://u:hunter2@h'); sys.exit(2)").reason
     assert "names none" in cell("import sys; print('error: bad'); sys.exit(2)", names=("clip.mp4",)).reason
     assert cell("import sys; print('error: clip.mp4 is bad'); sys.exit(2)", names=("clip.mp4",)).outcome == rob.CLEAN
+    multi = cell("import sys; print('x: error: clip.mp4 bad\\n\\t(1) try this\\n\\t(2) or that', file=sys.stderr); sys.exit(2)",
+                 names=("clip.mp4",))
+    assert "spans 3 lines" in multi.reason
     hang = cell("import time; time.sleep(30)", timeout=1.0)
     assert hang.outcome == rob.FAILURE and "hang" in hang.reason
     (tmp_path / "w").mkdir()
