@@ -310,14 +310,14 @@ class DepthAnythingTeacher(DepthProvider):
         release = _RELEASES[model_id]
         self.model_id = model_id
         self.license = release.license
-        self.arch = ARCHS[release.arch]
+        self.spec = ARCHS[release.arch]
         self.input_size = input_size
         weights_path = _check_weights(release, weights)
 
         from transformers import DepthAnythingForDepthEstimation
         from transformers.utils import logging as hf_logging
 
-        config = build_config(self.arch)
+        config = build_config(self.spec)
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
@@ -332,7 +332,7 @@ class DepthAnythingTeacher(DepthProvider):
             hf_logging.set_verbosity(verbosity)
         use_official_pos_embedding(self.model)
 
-        self.feature_channels = [self.arch.features] * 4
+        self.feature_channels = [self.spec.features] * 4
         self.feature_strides = [PATCH / 8, PATCH / 4, PATCH / 2, float(PATCH)]
         self._build_kwargs = {"weights": None if weights is None else str(weights), "input_size": input_size}
         if release.arch == "tiny":
