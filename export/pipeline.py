@@ -87,7 +87,9 @@ def export_checkpoint(
         raise EdgehazeError(f"--method {method}: use qat or ptq")
     if two_graph and precision == "int8":
         raise EdgehazeError("--two-graph with --int8 is not supported yet; export the two graphs at fp32 or fp16")
-    targets = resolve_formats(fmt)
+    if precision == "int8" and calib is None:
+        Q.load_calibration(None, calib_images, holdout_images)  # raises the "--calib needed" error early
+    targets = resolve_formats(fmt, precision)
     for t in targets:
         if t.gpu_only:
             require_module(t)

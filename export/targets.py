@@ -9,7 +9,7 @@ traceback.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, Iterable, Sequence, Tuple
+from typing import Dict, FrozenSet, Iterable, Optional, Sequence, Tuple
 
 from edgehaze.errors import EdgehazeError
 
@@ -64,10 +64,21 @@ EXPORT_TARGETS: Dict[str, ExportTarget] = {
 }
 
 
-def resolve_formats(fmt: str) -> Sequence[ExportTarget]:
-    """``onnx|engine|torchtrt|all`` -> the targets to run (``all``: every one this machine can run)."""
+def available(target: ExportTarget) -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in target.requires)
+
+
+def resolve_formats(fmt: str, precision: Optional[str] = None) -> Sequence[ExportTarget]:
+    """``onnx|engine|torchtrt|all`` -> the targets to run.
+
+    ``all``: ONNX plus every GPU target whose packages are installed and
+    which makes ``precision`` (the others are skipped, not errors).
+    """
     if fmt == "all":
-        return list(EXPORT_TARGETS.values())
+        return [t for t in EXPORT_TARGETS.values()
+                if t.name == "onnx" or (available(t) and (precision is None or precision in t.precisions))]
     if fmt not in EXPORT_TARGETS:
         raise EdgehazeError(f"--format {fmt}: unknown target; choose one of {', '.join(EXPORT_TARGETS)} or all")
     return [EXPORT_TARGETS[fmt]]

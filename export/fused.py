@@ -1,0 +1,209 @@
+"""The fused full-resolution graph for correction-map backbones (``edge-*``).
+
+A correction-map dehazer does almost nothing at full resolution - it
+upsamples six smooth maps and applies ``J = K*I + B + I`` - yet the plain
+export (``graphs.FullGraph``) spends a dozen full-resolution float passes on
+it: Cast, /255, NHWC->NCHW transpose, the 6-channel Resize, two Slices,
+Mul, Add, Add, Clip, *255, Round, Cast, NCHW->NHWC transpose. At 1080p each
+pass moves 25-50 MB, which is most of the frame time.
+
+This module builds the same function with the fewest full-resolution ops,
+all in the frame's own NHWC layout::
+
+    image (uint8 NHWC) --DequantizeLinear(1/255)--> x (float NHWC, [0, 1])
+    x --Transpose--> NCHW --core (AvgPool by scale, the network)--> maps (1x6xhxw, low res)
+    maps --Transpose, Slice, *255, +255 (low res)--> g = 255 (1 + K), b = 255 B   (1 x h x w x 3 each)
+    G = Resize(g, sizes=Shape(image)), B = Resize(b, sizes=Shape(image))   (bilinear, half-pixel)
+    dehazed = QuantizeLinear(x * G + B, scale 1, zero point 0)   (round half to even, saturate to 0..255)
+
+``QuantizeLinear`` does the clamp, the rounding and the cast in one
+vectorised pass, ``DequantizeLinear`` the cast and the /255. The core is a
+separately exported ONNX graph (optionally INT8 by ORT static quantisation of
+its convolutions), spliced in unchanged.
+
+``internal_scale(model, s)`` gives a copy whose backbone (and CNN student)
+works at ``1/s`` of the frame: the way a 1080p stream keeps the network's
+cost near that of a 640x480 frame.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import warnings
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+#: op types the INT8 core quantises by default (the ones that pay, see benchmarks/README.md)
+DEFAULT_QUANT_OPS = ("Conv",)
+
+
+def internal_scale(model: "torch.nn.Module", scale: int) -> "torch.nn.Module":  # noqa: F821
+    """A copy of a DepthGuidedDehazer whose network runs at ``1/scale`` of the frame.
+
+    Sets the edge backbone's ``scale`` and a CNN student's ``pool`` (their
+    depth features keep matching: fusion blocks resize depth to the block's
+    size). A model trained at one scale and run at another sees a smaller
+    copy of the scene; ``benchmarks/pareto.py`` measures what that costs.
+    """
+    m = copy.deepcopy(model)
+    if not hasattr(m.backbone, "scale"):
+        raise ValueError(f"backbone {getattr(m.backbone, 'arch', '?')} has no internal scale")
+    old = m.backbone.scale
+    m.backbone.scale = int(scale)
+    d = m.depth
+    if d is not None and hasattr(d, "pool"):
+        d.pool = max(1, int(round(d.pool * scale / old)))
+        d.feature_strides = [float(d.pool * 2**i) for i in range(len(d.feature_strides))]
+    return m
+
+
+def export_core(model: "torch.nn.Module", trace_hw: Tuple[int, int] = (96, 128), opset: int = 17) -> "onnx.ModelProto":  # noqa: F821
+    """The low-resolution part alone: ``x01`` (1x3xHxW float, dynamic) -> ``maps`` (1x6xhxw)."""
+    import torch
+
+    from edgehaze.export.graphs import FloatCore, fold_batchnorm, has_correction_maps
+    from edgehaze.export.onnx_export import export_module
+
+    if not has_correction_maps(model):
+        raise ValueError("the fused graph needs a correction-map backbone (edge-*)")
+    core = FloatCore(fold_batchnorm(copy.deepcopy(model)).eval()).eval()
+    example = (torch.rand(1, 3, *trace_hw, generator=torch.Generator().manual_seed(0)),)
+    return export_module(core, example, ["x01"], ["maps"], dynamic=True, opset=opset)
+
+
+def quantize_core(core: "onnx.ModelProto", calib01: Sequence[np.ndarray],  # noqa: F821
+                  op_types: Sequence[str] = DEFAULT_QUANT_OPS) -> "onnx.ModelProto":  # noqa: F821
+    """ORT static INT8 (QDQ; per-channel int8 weights, uint8 activations, MinMax) of the core.
+
+    ``calib01``: H x W x 3 float images in [0, 1] (8-bit values, as the
+    graph sees them). Only ``op_types`` are quantised; the full-resolution
+    AveragePool at the input is never quantised (a Q node there would be a
+    full-resolution pass).
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    feeds = [{"x01": np.ascontiguousarray(np.transpose(np.rint(np.clip(c, 0, 1) * 255) / 255, (2, 0, 1))[None]
+                                           .astype(np.float32))} for c in calib01]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(feeds)
+
+        def get_next(self):  # type: ignore[no-untyped-def]
+            return next(self.it, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, "core.onnx"), os.path.join(tmp, "core.int8.onnx")
+        onnx.save(core, src)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=list(op_types),
+                            extra_options={"ActivationSymmetric": False})
+        return onnx.load(dst)
+
+
+def _const(name: str, value: np.ndarray) -> "onnx.TensorProto":  # noqa: F821
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.asarray(value), name)
+
+
+def fused_graph(core: "onnx.ModelProto", channel_order: str = "RGB") -> "onnx.ModelProto":  # noqa: F821
+    """Wrap a core (``x01`` -> ``maps``) into ``image`` uint8 NHWC -> ``dehazed`` uint8 NHWC (module docstring)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    bgr = channel_order.upper() == "BGR"
+    g = core.graph
+    pre = "fused/"
+    inits = [
+        _const(pre + "inv255", np.array(1.0 / 255.0, np.float32)),
+        _const(pre + "zp", np.array(0, np.uint8)),
+        _const(pre + "one", np.array(1.0, np.float32)),
+        _const(pre + "s255", np.array(255.0, np.float32)),
+        _const(pre + "g_start", np.array([0], np.int64)),
+        _const(pre + "b_start", np.array([3], np.int64)),
+        _const(pre + "g_end", np.array([3], np.int64)),
+        _const(pre + "b_end", np.array([6], np.int64)),
+        _const(pre + "axis_c", np.array([3], np.int64)),
+    ]
+    nodes = [helper.make_node("DequantizeLinear", ["image", pre + "inv255", pre + "zp"], [pre + "x"], name=pre + "dequant")]
+    x = pre + "x"
+    if bgr:  # the network wants RGB; the apply step stays in the frame's order
+        inits.append(_const(pre + "rev", np.array([2, 1, 0], np.int64)))
+        nodes.append(helper.make_node("Gather", [x, pre + "rev"], [pre + "x_rgb"], axis=3, name=pre + "bgr2rgb"))
+        core_in = pre + "x_rgb"
+    else:
+        core_in = x
+    nodes.append(helper.make_node("Transpose", [core_in], ["x01"], perm=[0, 3, 1, 2], name=pre + "to_nchw"))
+    nodes += list(g.node)
+    nodes += [
+        helper.make_node("Transpose", ["maps"], [pre + "maps_nhwc"], perm=[0, 2, 3, 1], name=pre + "maps_nhwc"),
+        helper.make_node("Slice", [pre + "maps_nhwc", pre + "g_start", pre + "g_end", pre + "axis_c"], [pre + "k"], name=pre + "k"),
+        helper.make_node("Slice", [pre + "maps_nhwc", pre + "b_start", pre + "b_end", pre + "axis_c"], [pre + "b"], name=pre + "b"),
+        helper.make_node("Add", [pre + "k", pre + "one"], [pre + "k1"], name=pre + "k_plus_1"),
+        helper.make_node("Mul", [pre + "k1", pre + "s255"], [pre + "g_low"], name=pre + "g_255"),
+        helper.make_node("Mul", [pre + "b", pre + "s255"], [pre + "b_low"], name=pre + "b_255"),
+    ]
+    if bgr:
+        nodes += [helper.make_node("Gather", [pre + "g_low", pre + "rev"], [pre + "g_low_o"], axis=3, name=pre + "g_bgr"),
+                  helper.make_node("Gather", [pre + "b_low", pre + "rev"], [pre + "b_low_o"], axis=3, name=pre + "b_bgr")]
+        g_low, b_low = pre + "g_low_o", pre + "b_low_o"
+    else:
+        g_low, b_low = pre + "g_low", pre + "b_low"
+    resize = dict(mode="linear", coordinate_transformation_mode="half_pixel", nearest_mode="floor")
+    nodes += [
+        helper.make_node("Shape", ["image"], [pre + "size"], name=pre + "size"),
+        helper.make_node("Resize", [g_low, "", "", pre + "size"], [pre + "G"], name=pre + "resize_gain", **resize),
+        helper.make_node("Resize", [b_low, "", "", pre + "size"], [pre + "B"], name=pre + "resize_offset", **resize),
+        helper.make_node("Mul", [x, pre + "G"], [pre + "xg"], name=pre + "apply_gain"),
+        helper.make_node("Add", [pre + "xg", pre + "B"], [pre + "j"], name=pre + "apply_offset"),
+        helper.make_node("QuantizeLinear", [pre + "j", pre + "one", pre + "zp"], ["dehazed"], name=pre + "to_uint8"),
+    ]
+    graph = helper.make_graph(
+        nodes, "edgehaze_fused",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, "height", "width", 3])],
+        [helper.make_tensor_value_info("dehazed", TensorProto.UINT8, [1, "height", "width", 3])],
+        list(g.initializer) + inits,
+    )
+    model = helper.make_model(graph, opset_imports=list(core.opset_import))
+    model.ir_version = core.ir_version
+    onnx.checker.check_model(model)
+    return model
+
+
+def reference_apply(image_u8: np.ndarray, maps: np.ndarray) -> np.ndarray:
+    """The unfused reference in numpy/torch terms: the export's ``FullGraph`` tail.
+
+    ``image_u8``: 1 x H x W x 3 uint8; ``maps``: 1 x 6 x h x w float.
+    Returns 1 x H x W x 3 uint8 = round(clamp(apply_maps(x, maps), 0, 1) * 255).
+    """
+    import torch
+
+    from edgehaze.models.backbones.edge import EdgeDehazer
+
+    x = torch.from_numpy(image_u8).permute(0, 3, 1, 2).float() / 255.0
+    y = EdgeDehazer.apply_maps(x, torch.from_numpy(maps))
+    return torch.round(torch.clamp(y, 0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def export_fused(model: "torch.nn.Module", precision: str = "fp32", calib01: Optional[Sequence[np.ndarray]] = None,  # noqa: F821
+                 channel_order: str = "RGB", op_types: Sequence[str] = DEFAULT_QUANT_OPS) -> "onnx.ModelProto":  # noqa: F821
+    """Core export (+ INT8 PTQ) and the fused wrapper in one call."""
+    core = export_core(model)
+    if precision == "int8":
+        if not calib01:
+            raise ValueError("INT8 needs calibration images")
+        core = quantize_core(core, calib01, op_types)
+    elif precision != "fp32":
+        raise ValueError(f"precision {precision}: fp32 or int8")
+    return fused_graph(core, channel_order)
+
+
+__all__ = ["internal_scale", "export_core", "quantize_core", "fused_graph", "export_fused", "reference_apply",
+           "DEFAULT_QUANT_OPS"]

@@ -1,0 +1,207 @@
+"""edgehaze export: parity with PyTorch, INT8 accuracy gate, metadata, two-graph, CLI table."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from edgehaze import build_dehazer  # noqa: E402
+from edgehaze.checkpoint import save_dehazer  # noqa: E402
+from edgehaze.errors import EdgehazeError  # noqa: E402
+from edgehaze.export import export_checkpoint  # noqa: E402
+from edgehaze.export import graphs as G  # noqa: E402
+from edgehaze.export.metadata import read_metadata_props  # noqa: E402
+from edgehaze.export.onnx_export import check_float_parity  # noqa: E402
+from edgehaze.export.quantize import AccuracyDropError  # noqa: E402
+
+QUIET = dict(log=lambda _m: None, progress=False)
+
+
+def _perturbed(model: "torch.nn.Module", seed: int = 0, scale: float = 0.05) -> "torch.nn.Module":
+    """Random non-identity weights (the edge head starts at zero = identity)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=gen) * scale)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def bare_ckpt(tmp_path_factory) -> Path:
+    torch.set_num_threads(2)
+    path = tmp_path_factory.mktemp("ckpt") / "edge.safetensors"
+    save_dehazer(path, _perturbed(build_dehazer("edge-s", depth=None), scale=0.02))
+    return path
+
+
+@pytest.fixture(scope="module")
+def fused_ckpt(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "fused.safetensors"
+    model = build_dehazer("edge-s", depth="tiny", depth_kwargs={"input_size": 42})
+    save_dehazer(path, _perturbed(model, seed=1))
+    return path
+
+
+def _session(path: Path) -> "ort.InferenceSession":
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_fp32_onnx_matches_torch_on_odd_sizes(bare_ckpt, tmp_path):
+    res = export_checkpoint(bare_ckpt, out=tmp_path, **QUIET)
+    sess = _session(res.files["onnx"])
+    (inp,), (out,) = sess.get_inputs(), sess.get_outputs()
+    assert (inp.name, inp.type, inp.shape) == ("image", "tensor(uint8)", [1, "height", "width", 3])
+    assert (out.name, out.type) == ("dehazed", "tensor(uint8)")
+
+    from edgehaze.checkpoint import load_dehazer
+
+    model, _ = load_dehazer(bare_ckpt)
+    full = G.FullGraph(G.FloatModel(model.eval()))
+    img = np.random.default_rng(3).integers(0, 256, size=(1, 45, 61, 3), dtype=np.uint8)
+    got = sess.run(["dehazed"], {"image": img})[0]
+    with torch.no_grad():
+        ref = full(torch.from_numpy(img)).numpy()
+    assert got.shape == (1, 45, 61, 3)
+    assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1
+    assert (got != img).any(), "the perturbed model must not be the identity"
+    # the float core (before clamping/rounding) agrees within 1e-4 on odd sizes
+    assert check_float_parity(G.FloatModel(model), [(45, 61), (33, 70)]) <= 1e-4
+
+
+def test_bgr_channel_order_flips_io(bare_ckpt, tmp_path):
+    fixed = dict(dynamic=False, imgsz=(40, 52), **QUIET)
+    rgb = export_checkpoint(bare_ckpt, out=tmp_path, name="rgb", **fixed)
+    bgr = export_checkpoint(bare_ckpt, out=tmp_path, name="bgr", channel_order="BGR", **fixed)
+    img = np.random.default_rng(0).integers(0, 256, size=(1, 40, 52, 3), dtype=np.uint8)
+    a = _session(rgb.files["onnx"]).run(None, {"image": img})[0]
+    b = _session(bgr.files["onnx"]).run(None, {"image": np.ascontiguousarray(img[..., ::-1])})[0]
+    assert np.array_equal(a, b[..., ::-1])
+    assert bgr.sidecar["input"]["channel_order"] == "BGR"
+
+
+def test_metadata_round_trips(bare_ckpt, tmp_path):
+    res = export_checkpoint(bare_ckpt, out=tmp_path, dynamic=False, imgsz=(48, 64), **QUIET)
+    sidecar = json.loads(res.files["sidecar"].read_text())
+    assert sidecar == read_metadata_props(res.files["onnx"]) == json.loads(json.dumps(res.sidecar))
+    assert sidecar["format"] == "edgehaze-artifact" and sidecar["version"] == 1
+    assert sidecar["dynamic"] is False and sidecar["shape_ranges"]["opt"] == [1, 48, 64, 3]
+    assert sidecar["graphs"] == {"full": res.files["onnx"].name}
+    assert sidecar["model"]["backbone"] == "edge-s" and sidecar["precision"] == "fp32"
+    # fixed size: the graph's input has concrete dims
+    assert _session(res.files["onnx"]).get_inputs()[0].shape == [1, 48, 64, 3]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.slow  # ~35 s on 2 busy cores (three graphs with a depth teacher)
+def test_two_graph_chain_equals_single_graph(fused_ckpt, tmp_path):
+    res = export_checkpoint(fused_ckpt, out=tmp_path, two_graph=True, dynamic=False, imgsz=(56, 72), **QUIET)
+    meta = res.sidecar
+    assert set(meta["graphs"]) == {"full", "depth", "fuse"}
+    names = [f["name"] for f in meta["depth_features"]]
+    assert names and names[0] == "depth_0"
+    assert meta["teacher"] == "tiny"
+    depth, fuse, full = (_session(res.files[k]) for k in ("depth", "fuse", "onnx"))
+    assert [o.name for o in depth.get_outputs()] == names
+    assert [i.name for i in fuse.get_inputs()] == ["image", *names]
+    img = np.random.default_rng(5).integers(0, 256, size=(1, 56, 72, 3), dtype=np.uint8)
+    feats = depth.run(names, {"image": img})
+    chained = fuse.run(["dehazed"], {"image": img, **dict(zip(names, feats))})[0]
+    single = full.run(["dehazed"], {"image": img})[0]
+    assert np.abs(chained.astype(int) - single.astype(int)).max() <= 1
+    assert read_metadata_props(res.files["depth"])["graphs"] == meta["graphs"]
+
+
+def _count(path: Path, op: str) -> int:
+    return sum(n.op_type == op for n in onnx.load(str(path)).graph.node)
+
+
+@pytest.mark.slow  # ~30 s: NNCF calibration + QAT
+def test_int8_qat_has_qdq_and_small_drop(bare_ckpt, tmp_path):
+    res = export_checkpoint(
+        bare_ckpt, out=tmp_path, precision="int8", calib="procedural", calib_images=4, holdout_images=2,
+        calib_size=(48, 64), qat_steps=3, max_psnr_drop=0.2, **QUIET,
+    )
+    acc = res.sidecar["accuracy"]
+    assert _count(res.files["onnx"], "QuantizeLinear") > 10
+    assert acc["psnr_drop"] <= 0.2 and acc["psnr_vs_fp32"] > 30
+    assert res.sidecar["precision"] == "int8" and res.files["onnx"].name == "edge-int8.onnx"
+    # the full-resolution apply step and the uint8 conversions stay in float:
+    # the graph's last Resize (maps to full resolution) reads float, not a DequantizeLinear
+    m = onnx.load(str(res.files["onnx"]))
+    producers = {o: n for n in m.graph.node for o in n.output}
+    last_resize = [n for n in m.graph.node if n.op_type == "Resize"][-1]
+    consumers = [n for n in m.graph.node if last_resize.output[0] in n.input]
+    assert all(c.op_type != "QuantizeLinear" for c in consumers)
+    out = _session(res.files["onnx"]).run(None, {"image": np.zeros((1, 33, 47, 3), np.uint8)})[0]
+    assert out.shape == (1, 33, 47, 3) and out.dtype == np.uint8
+    assert producers  # graph is well-formed
+
+
+def test_int8_refused_when_drop_passes_threshold(bare_ckpt, tmp_path):
+    kw = dict(out=tmp_path, precision="int8", calib="procedural", calib_images=3, holdout_images=2,
+              calib_size=(48, 64), method="ptq", dynamic=False, imgsz=(48, 64), **QUIET)
+    with pytest.raises(AccuracyDropError, match="--max-psnr-drop"):
+        export_checkpoint(bare_ckpt, max_psnr_drop=-50.0, **kw)
+    assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob("*.json"))
+    res = export_checkpoint(bare_ckpt, max_psnr_drop=-50.0, force=True, **kw)
+    assert res.files["onnx"].is_file() and _count(res.files["onnx"], "QuantizeLinear") > 0
+
+
+def test_int8_needs_calibration(bare_ckpt, tmp_path):
+    with pytest.raises(EdgehazeError, match="--calib"):
+        export_checkpoint(bare_ckpt, out=tmp_path, precision="int8", **QUIET)
+
+
+def test_cli_rejects_flags_the_target_does_not_take(bare_ckpt, capsys):
+    from edgehaze.cli import main
+
+    assert main(["export", "--checkpoint", str(bare_ckpt), "--format", "engine", "--ort-optimize"]) == 2
+    assert "does not take --ort-optimize" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(bare_ckpt), "--calib", "x"]) == 2
+    assert "only apply with --int8" in capsys.readouterr().err
+
+
+def test_cli_exports_and_prints_next_commands(bare_ckpt, tmp_path, capsys):
+    from edgehaze.cli import main
+
+    assert main(["export", "--checkpoint", str(bare_ckpt), "--out", str(tmp_path), "--imgsz", "40", "56"]) == 0
+    out = capsys.readouterr().out
+    assert "runtime/stream.py --model" in out and "edgehaze eval --checkpoint" in out
+    assert (tmp_path / "edge.onnx").is_file() and (tmp_path / "edge.json").is_file()
+
+
+def test_onnx_runner_registered_for_eval(bare_ckpt, tmp_path):
+    runners = pytest.importorskip("edgehaze.data.runners")
+    res = export_checkpoint(bare_ckpt, out=tmp_path, **QUIET)
+    run = runners.make_runner(res.files["onnx"])
+    img = np.random.default_rng(0).random((30, 41, 3)).astype(np.float32)
+    out = run(img)
+    assert out.shape == img.shape and out.dtype == np.float32 and 0 <= out.min() <= out.max() <= 1
+
+
+def test_tensorrt_engine(bare_ckpt, tmp_path):
+    from edgehaze.export.tensorrt_build import engine_available
+
+    reason = engine_available()
+    if reason is not None:
+        pytest.skip(reason)
+    if not torch.cuda.is_available():  # pragma: no cover - GPU machines only
+        pytest.skip("TensorRT installed but no CUDA GPU visible")
+    res = export_checkpoint(bare_ckpt, out=tmp_path, fmt="engine", precision="fp16", **QUIET)  # pragma: no cover
+    assert res.files["engine"].stat().st_size > 0  # pragma: no cover
+
+
+def test_gpu_target_without_tensorrt_gives_install_hint(bare_ckpt, tmp_path):
+    from edgehaze.export.tensorrt_build import engine_available
+
+    if engine_available() is None:
+        pytest.skip("tensorrt is installed here")
+    with pytest.raises(EdgehazeError, match=r"pip install edgehaze\[trt\]"):
+        export_checkpoint(bare_ckpt, out=tmp_path, fmt="engine", precision="fp16", **QUIET)
