@@ -422,7 +422,7 @@ def build_cells(c, work: Path, huge: bool = True) -> List[Cell]:  # type: ignore
     cid = "eval/nonutf8-name"
     cells.append(Cell(cid, "eval", "nonutf8", ["--checkpoint", good, "--hazy", nonutf8_dir, "--out", str(out(cid)),
                                               "--save-images"],
-                      (HANDLED,), watch=[out(cid)], check=files_exist("summary.json")))
+                      (HANDLED,), watch=[out(cid)], check=files_exist("summary.json"), fast=True))
     cid = "synth/nonutf8-name"
     cells.append(Cell(cid, "synth", "nonutf8", ["--clear", nonutf8_dir, "--depth-model", "tiny", "--out", str(out(cid))],
                       (HANDLED,), watch=[out(cid)]))

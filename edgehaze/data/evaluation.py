@@ -198,7 +198,8 @@ def evaluate(
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
-    atomic_write_bytes(out / "metrics.csv", buf.getvalue().encode())
+    # surrogateescape: a file name that is not UTF-8 goes into the CSV as its original bytes
+    atomic_write_bytes(out / "metrics.csv", buf.getvalue().encode("utf-8", "surrogateescape"))
 
     means: Dict[str, Optional[float]] = {}
     for name in names:
