@@ -110,11 +110,20 @@ def export_checkpoint(
     log(f"exporting {checkpoint.name} ({meta['build'].get('backbone')}, depth={meta['build'].get('depth')}) "
         f"to ONNX opset {opset}, {'dynamic H x W' if dynamic else f'{trace_size[0]}x{trace_size[1]}'}")
     fp32 = O.export_module(full, (example,), ["image"], ["dehazed"], dynamic, opset)
-    parity = {
-        "uint8_max_diff": O.check_uint8_parity(fp32, full, check_sizes),
-        "float_max_abs": O.check_float_parity(float_model, check_sizes, dynamic=dynamic),
-        "sizes": [list(s) for s in check_sizes],
-    }
+    try:
+        parity = {
+            "uint8_max_diff": O.check_uint8_parity(fp32, full, check_sizes),
+            "float_max_abs": O.check_float_parity(float_model, check_sizes, dynamic=dynamic),
+            "sizes": [list(s) for s in check_sizes],
+        }
+    except Exception as exc:  # ONNX Runtime raises its own types for shape errors
+        if isinstance(exc, EdgehazeError) or not dynamic:
+            raise
+        raise EdgehazeError(
+            f"the dynamic-size graph fails at sizes other than the trace size {trace_size} "
+            f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}); some layer traces its shape as a "
+            "constant - export at a fixed size with --imgsz H W"
+        ) from None
     if parity["uint8_max_diff"] > UINT8_TOL or parity["float_max_abs"] > FLOAT_TOL:
         raise EdgehazeError(
             f"exported FP32 graph differs from PyTorch (uint8 max diff {parity['uint8_max_diff']} > {UINT8_TOL} "
