@@ -362,6 +362,14 @@ def build_cells(c, work: Path, huge: bool = True) -> List[Cell]:  # type: ignore
         cells.append(Cell(cid, "dehaze", "huge.png", [str(c["huge.png"]), "--checkpoint", good, "--out",
                                                      str(out(cid)), "--tile", "0"],
                           (CLEAN,), names=("--max-pixels",), watch=[out(cid)], timeout=300))
+    cid = "dehaze/tile-too-small"
+    cells.append(Cell(cid, "dehaze", "good.png", [str(c["good.png"]), "--checkpoint", good, "--out", str(out(cid)),
+                                                 "--max-pixels", "100", "--tile", "100", "--tile-overlap", "33"],
+                      (CLEAN,), names=("--tile",), watch=[out(cid)], fast=True))
+    cid = "dehaze/tiled-small-budget"
+    cells.append(Cell(cid, "dehaze", "3x5.png", [str(c["3x5.png"]), "--checkpoint", good, "--out", str(out(cid)),
+                                                "--max-pixels", "4", "--tile", "96", "--tile-overlap", "32"],
+                      (HANDLED,), watch=[out(cid)], check=same_size_output((3, 5), "3x5.png"), fast=True))
     # a mixed batch: the good file is written, the bad ones named and counted, exit 1
     cid = "dehaze/mixed-folder"
     cells.append(Cell(cid, "dehaze", "images/", [str(Path(c["good.png"]).parent), "--checkpoint", good,

@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     from edgehaze.checkpoint import load_dehazer
     from edgehaze.errors import EdgehazeError
     from edgehaze.imageio import list_images, read_image, to_image, to_tensor, write_image
-    from edgehaze.tiling import DEFAULT_MAX_PIXELS, DEFAULT_OVERLAP, DEFAULT_TILE, dehaze_tiled
+    from edgehaze.tiling import (DEFAULT_MAX_PIXELS, DEFAULT_OVERLAP, DEFAULT_TILE, dehaze_tiled, plan_tiles,
+                                 tile_alignment)
 
     max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels
     tile = DEFAULT_TILE if args.tile is None else args.tile
@@ -68,6 +69,11 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         raise EdgehazeError(f"no images found in {' '.join(args.images)} (supported: png, jpg, bmp, tif, webp)")
     model, meta = load_dehazer(args.checkpoint, depth_weights=args.depth_weights)
+    if tile:
+        try:  # the overlap is rounded up to the model's alignment: check the tile still has a core
+            plan_tiles(1, 1, tile, overlap, tile_alignment(model))
+        except ValueError as exc:
+            raise EdgehazeError(f"--tile {tile} / --tile-overlap {overlap}: {exc}") from None
     out_dir = Path(args.out)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
