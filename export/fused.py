@@ -36,7 +36,9 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 #: op types the INT8 core quantises by default (the ones that pay, see benchmarks/README.md)
-DEFAULT_QUANT_OPS = ("Conv",)
+DEFAULT_QUANT_OPS = ("Conv", "Relu", "Add")
+#: where the full-resolution apply runs ("nhwc" or "nchw"; see fused_graph)
+DEFAULT_LAYOUT = "nchw"
 
 
 def internal_scale(model: "torch.nn.Module", scale: int) -> "torch.nn.Module":  # noqa: F821
@@ -61,16 +63,45 @@ def internal_scale(model: "torch.nn.Module", scale: int) -> "torch.nn.Module":  
 
 def export_core(model: "torch.nn.Module", trace_hw: Tuple[int, int] = (96, 128), opset: int = 17) -> "onnx.ModelProto":  # noqa: F821
     """The low-resolution part alone: ``x01`` (1x3xHxW float, dynamic) -> ``maps`` (1x6xhxw)."""
-    import torch
-
     from edgehaze.export.graphs import FloatCore, fold_batchnorm, has_correction_maps
-    from edgehaze.export.onnx_export import export_module
 
     if not has_correction_maps(model):
         raise ValueError("the fused graph needs a correction-map backbone (edge-*)")
-    core = FloatCore(fold_batchnorm(copy.deepcopy(model)).eval()).eval()
+    return export_core_module(FloatCore(fold_batchnorm(copy.deepcopy(model)).eval()).eval(), trace_hw, opset)
+
+
+def export_core_module(core: "torch.nn.Module", trace_hw: Tuple[int, int] = (96, 128), opset: int = 17) -> "onnx.ModelProto":  # noqa: F821
+    """Export a ready core module (``FloatCore`` or NNCF's stripped QAT core): ``x01`` -> ``maps``."""
+    import torch
+
+    from edgehaze.export.onnx_export import export_module
+
     example = (torch.rand(1, 3, *trace_hw, generator=torch.Generator().manual_seed(0)),)
-    return export_module(core, example, ["x01"], ["maps"], dynamic=True, opset=opset)
+    return inline_constant_identities(export_module(core.eval(), example, ["x01"], ["maps"], dynamic=True, opset=opset))
+
+
+def inline_constant_identities(model: "onnx.ModelProto") -> "onnx.ModelProto":  # noqa: F821
+    """Replace ``Identity(initializer)`` nodes by a copy of the initializer.
+
+    The TorchScript exporter deduplicates equal constants (e.g. the all-zero
+    biases that folding untrained BatchNorms gives) and feeds the copies
+    through Identity nodes. ORT's quantiser then cannot quantise those
+    biases, and its QDQ fusion leaves such convolutions in float (a float
+    Conv with dequantised weights: slower than no quantisation at all).
+    """
+    inits = {i.name: i for i in model.graph.initializer}
+    keep = []
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            copy_ = type(inits[node.input[0]])()
+            copy_.CopyFrom(inits[node.input[0]])
+            copy_.name = node.output[0]
+            model.graph.initializer.append(copy_)
+        else:
+            keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return model
 
 
 def quantize_core(core: "onnx.ModelProto", calib01: Sequence[np.ndarray],  # noqa: F821
@@ -113,14 +144,25 @@ def _const(name: str, value: np.ndarray) -> "onnx.TensorProto":  # noqa: F821
     return numpy_helper.from_array(np.asarray(value), name)
 
 
-def fused_graph(core: "onnx.ModelProto", channel_order: str = "RGB") -> "onnx.ModelProto":  # noqa: F821
-    """Wrap a core (``x01`` -> ``maps``) into ``image`` uint8 NHWC -> ``dehazed`` uint8 NHWC (module docstring)."""
+def fused_graph(core: "onnx.ModelProto", channel_order: str = "RGB", layout: str = DEFAULT_LAYOUT) -> "onnx.ModelProto":  # noqa: F821
+    """Wrap a core (``x01`` -> ``maps``) into ``image`` uint8 NHWC -> ``dehazed`` uint8 NHWC (module docstring).
+
+    ``layout``: where the full-resolution apply runs. "nhwc": in the frame's
+    layout (the maps are resized straight to H x W x 3; no full-resolution
+    transpose after the input's); "nchw": next to the core's input (ORT's
+    NCHW bilinear kernel), the uint8 result transposed back (a byte-wide
+    pass). Which is faster is measured (benchmarks/README.md).
+    """
     import onnx
     from onnx import TensorProto, helper
 
+    if layout not in ("nhwc", "nchw"):
+        raise ValueError(f"layout {layout}: nhwc or nchw")
     bgr = channel_order.upper() == "BGR"
+    nchw = layout == "nchw"
     g = core.graph
     pre = "fused/"
+    c_axis = 1 if nchw else 3
     inits = [
         _const(pre + "inv255", np.array(1.0 / 255.0, np.float32)),
         _const(pre + "zp", np.array(0, np.uint8)),
@@ -130,41 +172,51 @@ def fused_graph(core: "onnx.ModelProto", channel_order: str = "RGB") -> "onnx.Mo
         _const(pre + "b_start", np.array([3], np.int64)),
         _const(pre + "g_end", np.array([3], np.int64)),
         _const(pre + "b_end", np.array([6], np.int64)),
-        _const(pre + "axis_c", np.array([3], np.int64)),
+        _const(pre + "axis_c", np.array([c_axis], np.int64)),
+        _const(pre + "rev", np.array([2, 1, 0], np.int64)),
     ]
     nodes = [helper.make_node("DequantizeLinear", ["image", pre + "inv255", pre + "zp"], [pre + "x"], name=pre + "dequant")]
     x = pre + "x"
-    if bgr:  # the network wants RGB; the apply step stays in the frame's order
-        inits.append(_const(pre + "rev", np.array([2, 1, 0], np.int64)))
+    core_in = x
+    if bgr:  # the network wants RGB
         nodes.append(helper.make_node("Gather", [x, pre + "rev"], [pre + "x_rgb"], axis=3, name=pre + "bgr2rgb"))
         core_in = pre + "x_rgb"
-    else:
-        core_in = x
     nodes.append(helper.make_node("Transpose", [core_in], ["x01"], perm=[0, 3, 1, 2], name=pre + "to_nchw"))
     nodes += list(g.node)
+    maps = "maps"
+    if not nchw:
+        nodes.append(helper.make_node("Transpose", ["maps"], [pre + "maps_nhwc"], perm=[0, 2, 3, 1], name=pre + "maps_nhwc"))
+        maps = pre + "maps_nhwc"
     nodes += [
-        helper.make_node("Transpose", ["maps"], [pre + "maps_nhwc"], perm=[0, 2, 3, 1], name=pre + "maps_nhwc"),
-        helper.make_node("Slice", [pre + "maps_nhwc", pre + "g_start", pre + "g_end", pre + "axis_c"], [pre + "k"], name=pre + "k"),
-        helper.make_node("Slice", [pre + "maps_nhwc", pre + "b_start", pre + "b_end", pre + "axis_c"], [pre + "b"], name=pre + "b"),
+        helper.make_node("Slice", [maps, pre + "g_start", pre + "g_end", pre + "axis_c"], [pre + "k"], name=pre + "k"),
+        helper.make_node("Slice", [maps, pre + "b_start", pre + "b_end", pre + "axis_c"], [pre + "b"], name=pre + "b"),
         helper.make_node("Add", [pre + "k", pre + "one"], [pre + "k1"], name=pre + "k_plus_1"),
         helper.make_node("Mul", [pre + "k1", pre + "s255"], [pre + "g_low"], name=pre + "g_255"),
         helper.make_node("Mul", [pre + "b", pre + "s255"], [pre + "b_low"], name=pre + "b_255"),
     ]
-    if bgr:
-        nodes += [helper.make_node("Gather", [pre + "g_low", pre + "rev"], [pre + "g_low_o"], axis=3, name=pre + "g_bgr"),
-                  helper.make_node("Gather", [pre + "b_low", pre + "rev"], [pre + "b_low_o"], axis=3, name=pre + "b_bgr")]
+    g_low, b_low = pre + "g_low", pre + "b_low"
+    if bgr and not nchw:  # apply in the frame's (BGR) order
+        nodes += [helper.make_node("Gather", [g_low, pre + "rev"], [pre + "g_low_o"], axis=3, name=pre + "g_bgr"),
+                  helper.make_node("Gather", [b_low, pre + "rev"], [pre + "b_low_o"], axis=3, name=pre + "b_bgr")]
         g_low, b_low = pre + "g_low_o", pre + "b_low_o"
-    else:
-        g_low, b_low = pre + "g_low", pre + "b_low"
     resize = dict(mode="linear", coordinate_transformation_mode="half_pixel", nearest_mode="floor")
+    src = "x01" if nchw else x
     nodes += [
-        helper.make_node("Shape", ["image"], [pre + "size"], name=pre + "size"),
+        helper.make_node("Shape", [src], [pre + "size"], name=pre + "size"),
         helper.make_node("Resize", [g_low, "", "", pre + "size"], [pre + "G"], name=pre + "resize_gain", **resize),
         helper.make_node("Resize", [b_low, "", "", pre + "size"], [pre + "B"], name=pre + "resize_offset", **resize),
-        helper.make_node("Mul", [x, pre + "G"], [pre + "xg"], name=pre + "apply_gain"),
+        helper.make_node("Mul", [src, pre + "G"], [pre + "xg"], name=pre + "apply_gain"),
         helper.make_node("Add", [pre + "xg", pre + "B"], [pre + "j"], name=pre + "apply_offset"),
-        helper.make_node("QuantizeLinear", [pre + "j", pre + "one", pre + "zp"], ["dehazed"], name=pre + "to_uint8"),
     ]
+    if nchw:
+        nodes.append(helper.make_node("QuantizeLinear", [pre + "j", pre + "one", pre + "zp"], [pre + "j8"], name=pre + "to_uint8"))
+        last = pre + "j8"
+        if bgr:
+            nodes.append(helper.make_node("Gather", [last, pre + "rev"], [pre + "j8_bgr"], axis=1, name=pre + "rgb2bgr"))
+            last = pre + "j8_bgr"
+        nodes.append(helper.make_node("Transpose", [last], ["dehazed"], perm=[0, 2, 3, 1], name=pre + "to_nhwc"))
+    else:
+        nodes.append(helper.make_node("QuantizeLinear", [pre + "j", pre + "one", pre + "zp"], ["dehazed"], name=pre + "to_uint8"))
     graph = helper.make_graph(
         nodes, "edgehaze_fused",
         [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, "height", "width", 3])],
@@ -193,17 +245,32 @@ def reference_apply(image_u8: np.ndarray, maps: np.ndarray) -> np.ndarray:
 
 
 def export_fused(model: "torch.nn.Module", precision: str = "fp32", calib01: Optional[Sequence[np.ndarray]] = None,  # noqa: F821
-                 channel_order: str = "RGB", op_types: Sequence[str] = DEFAULT_QUANT_OPS) -> "onnx.ModelProto":  # noqa: F821
+                 channel_order: str = "RGB", op_types: Optional[Sequence[str]] = None,
+                 layout: str = DEFAULT_LAYOUT) -> "onnx.ModelProto":  # noqa: F821
     """Core export (+ INT8 PTQ) and the fused wrapper in one call."""
     core = export_core(model)
     if precision == "int8":
         if not calib01:
             raise ValueError("INT8 needs calibration images")
-        core = quantize_core(core, calib01, op_types)
+        core = quantize_core(core, calib01, op_types or DEFAULT_QUANT_OPS)
     elif precision != "fp32":
         raise ValueError(f"precision {precision}: fp32 or int8")
-    return fused_graph(core, channel_order)
+    return fused_graph(core, channel_order, layout)
 
 
-__all__ = ["internal_scale", "export_core", "quantize_core", "fused_graph", "export_fused", "reference_apply",
+def uint8_difference(a: "onnx.ModelProto", b: "onnx.ModelProto", sizes: Sequence[Tuple[int, int]], seed: int = 3) -> int:  # noqa: F821
+    """Largest uint8 difference between two ``image`` -> ``dehazed`` graphs on random images of ``sizes``."""
+    from edgehaze.export.onnx_export import session
+
+    sa, sb = session(a.SerializeToString()), session(b.SerializeToString())
+    rng = np.random.default_rng(seed)
+    worst = 0
+    for h, w in sizes:
+        img = rng.integers(0, 256, size=(1, h, w, 3), dtype=np.uint8)
+        ya, yb = sa.run(["dehazed"], {"image": img})[0], sb.run(["dehazed"], {"image": img})[0]
+        worst = max(worst, int(np.abs(ya.astype(np.int16) - yb.astype(np.int16)).max()))
+    return worst
+
+
+__all__ = ["inline_constant_identities", "internal_scale", "export_core", "export_core_module", "uint8_difference", "quantize_core", "fused_graph", "export_fused", "reference_apply",
            "DEFAULT_QUANT_OPS"]

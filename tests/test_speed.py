@@ -1,0 +1,278 @@
+"""Speed work: the fused apply graph, the lite fusion, profiling summaries, the Pareto script.
+
+No timing assertions: timings only appear as positive, finite numbers.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+torch.set_num_threads(2)
+
+
+def _model(backbone="edge-xs", fusion="lite", seed=0):
+    from edgehaze import build_dehazer
+
+    torch.manual_seed(seed)
+    m = build_dehazer(backbone, depth="student-s", fusion=fusion,
+                      depth_kwargs={"widths": [8, 16, 16, 16], "blocks": [1, 1, 1, 1]}).eval()
+    # non-zero maps and fusion outputs, or the apply step would be the identity
+    torch.nn.init.normal_(m.backbone.head.weight, std=0.05)
+    torch.nn.init.normal_(m.backbone.head.bias, std=0.1)
+    for blk in m.fused_blocks():
+        torch.nn.init.normal_(blk.z2.weight, std=0.05)
+    return m
+
+
+def _session(model):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from edgehaze.export.fused import export_fused
+
+    m = _model()
+    return m, export_fused(m)
+
+
+@pytest.mark.parametrize("hw", [(37, 53), (61, 45), (8, 9)])
+def test_fused_graph_equals_unfused_reference(tiny, hw):
+    from edgehaze.export.graphs import FloatModel, FullGraph
+
+    model, fused = tiny
+    ref = FullGraph(FloatModel(model)).eval()
+    img = np.random.default_rng(hw[0]).integers(0, 256, size=(1, *hw, 3), dtype=np.uint8)
+    got = _session(fused).run(["dehazed"], {"image": img})[0]
+    with torch.no_grad():
+        want = ref(torch.from_numpy(img)).numpy()
+    assert got.shape == want.shape == img.shape and got.dtype == np.uint8
+    diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
+    assert diff.max() <= 1, diff.max()           # float association order may flip a rounding
+    assert (diff > 0).mean() < 0.01
+    assert np.abs(got.astype(np.int16) - img.astype(np.int16)).max() > 3  # the maps did something
+
+
+def test_fused_apply_matches_numpy_reference_on_random_maps():
+    """The fused tail alone (identity core returning given maps) vs the reference apply step."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgehaze.export.fused import fused_graph, reference_apply
+
+    rng = np.random.default_rng(3)
+    maps = (rng.standard_normal((1, 6, 5, 7)) * 0.2).astype(np.float32)
+    # a "core" whose output ignores x01 except for its presence: maps as a constant
+    core = helper.make_model(helper.make_graph(
+        [helper.make_node("Identity", ["m"], ["maps"]),
+         helper.make_node("Shape", ["x01"], ["unused"])],
+        "const_core", [helper.make_tensor_value_info("x01", TensorProto.FLOAT, [1, 3, "h", "w"])],
+        [helper.make_tensor_value_info("maps", TensorProto.FLOAT, [1, 6, 5, 7])],
+        [numpy_helper.from_array(maps, "m")]), opset_imports=[helper.make_opsetid("", 17)])
+    core.ir_version = 8
+    sess = _session(fused_graph(core))
+    for hw in [(19, 27), (33, 50)]:
+        img = rng.integers(0, 256, size=(1, *hw, 3), dtype=np.uint8)
+        got = sess.run(["dehazed"], {"image": img})[0]
+        want = reference_apply(img, maps)
+        assert np.abs(got.astype(np.int16) - want.astype(np.int16)).max() <= 1
+
+
+@pytest.mark.parametrize("order", ["RGB", "BGR"])
+def test_fused_layouts_agree(tiny, order):
+    from edgehaze.export.fused import export_core, fused_graph
+
+    model, _ = tiny
+    core = export_core(model)
+    img = np.random.default_rng(2).integers(0, 256, size=(1, 27, 35, 3), dtype=np.uint8)
+    a = _session(fused_graph(core, order, "nhwc")).run(["dehazed"], {"image": img})[0]
+    b = _session(fused_graph(core, order, "nchw")).run(["dehazed"], {"image": img})[0]
+    assert np.abs(a.astype(np.int16) - b.astype(np.int16)).max() <= 1
+
+
+def test_int8_fused_graph_runs_convs_in_int8_and_stays_close(tiny):
+    """Every conv becomes QLinearConv after ORT's QDQ fusion (no float Conv with dequantised weights)."""
+    import onnxruntime as ort
+
+    from edgehaze.export.fused import export_fused
+
+    model, fused32 = tiny
+    calib = [np.random.default_rng(i).random((40, 56, 3), dtype=np.float32) for i in range(4)]
+    q = export_fused(model, "int8", calib)
+    with __import__("tempfile").TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = f"{tmp}/opt.onnx"
+        so.log_severity_level = 3
+        ort.InferenceSession(q.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        import onnx
+
+        ops = [n.op_type for n in onnx.load(f"{tmp}/opt.onnx").graph.node]
+    assert ops.count("QLinearConv") > 10 and "Conv" not in ops
+    img = np.random.default_rng(9).integers(0, 256, size=(1, 40, 56, 3), dtype=np.uint8)
+    a = _session(fused32).run(["dehazed"], {"image": img})[0].astype(np.int16)
+    b = _session(q).run(["dehazed"], {"image": img})[0].astype(np.int16)
+    assert np.abs(a - b).mean() < 3
+
+
+def test_fused_graph_bgr_is_rgb_flipped(tiny):
+    from edgehaze.export.fused import export_fused
+
+    model, fused_rgb = tiny
+    fused_bgr = export_fused(model, channel_order="BGR")
+    img = np.random.default_rng(1).integers(0, 256, size=(1, 29, 31, 3), dtype=np.uint8)
+    rgb = _session(fused_rgb).run(["dehazed"], {"image": img})[0]
+    bgr = _session(fused_bgr).run(["dehazed"], {"image": np.ascontiguousarray(img[..., ::-1])})[0]
+    assert np.abs(bgr[..., ::-1].astype(np.int16) - rgb.astype(np.int16)).max() <= 1
+
+
+def test_fused_graph_has_few_full_resolution_ops(tiny):
+    """The point of fusing: no full-res Transpose/Clip/Round/Cast and a single-pass uint8 conversion each way."""
+    _, fused = tiny
+    ops = [n.op_type for n in fused.graph.node if n.name.startswith("fused/")]
+    for bad in ("Clip", "Round", "Cast"):
+        assert bad not in ops
+    assert ops.count("Resize") == 2 and ops.count("QuantizeLinear") == 1 and ops.count("DequantizeLinear") == 1
+
+
+def test_int8_core_quantises_convs_not_the_input_pool(tiny):
+    from edgehaze.export.fused import export_core, quantize_core
+
+    model, _ = tiny
+    calib = [np.random.default_rng(i).random((32, 48, 3), dtype=np.float32) for i in range(3)]
+    q = quantize_core(export_core(model), calib)
+    ops = [n.op_type for n in q.graph.node]
+    assert ops.count("QuantizeLinear") > 0
+    pool = next(n for n in q.graph.node if n.op_type == "AveragePool")
+    producers = {o: n for n in q.graph.node for o in n.output}
+    assert pool.input[0] == "x01" or producers[pool.input[0]].op_type != "DequantizeLinear"
+
+
+def test_internal_scale_changes_network_resolution_only(tiny):
+    from edgehaze.export.fused import internal_scale
+
+    model, _ = tiny
+    big = internal_scale(model, 8)
+    assert big.backbone.scale == 8 and big.depth.pool == 8 and model.backbone.scale == 4
+    x = torch.rand(1, 3, 40, 56)
+    with torch.no_grad():
+        assert big.backbone.correction_maps(x).shape[-2:] == (5, 7)
+        assert big(x).shape == x.shape
+
+
+def test_lite_fusion_starts_as_bare_backbone_and_is_int8_friendly():
+    from edgehaze.export.fused import export_core
+    from edgehaze.models.fusion import FUSION_VARIANTS, FusionConfig, resolve_fusion
+
+    assert resolve_fusion("lite").style == "lite" and FUSION_VARIANTS["full"].style == "paper"
+    from edgehaze.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        FusionConfig(style="fancy")
+    from edgehaze import build_dehazer
+
+    torch.manual_seed(0)
+    fused = build_dehazer("edge-xs", depth="student-s", fusion="lite").eval()
+    bare = build_dehazer("edge-xs").eval()
+    bare.backbone.load_state_dict({k.replace(".block.", ".", 1) if ".block." in k else k: v
+                                   for k, v in fused.backbone.state_dict().items()
+                                   if not any(t in k for t in (".z1.", ".z2.", ".rdf."))})
+    torch.nn.init.normal_(fused.backbone.head.weight, std=0.05)
+    bare.backbone.head.load_state_dict(fused.backbone.head.state_dict())
+    x = torch.rand(1, 3, 45, 61)
+    with torch.no_grad():
+        assert torch.equal(fused(x), bare(x))  # zero convs: exact at init
+    ops = {n.op_type for n in export_core(fused).graph.node}
+    assert not ops & {"Softmax", "ReduceL2", "LayerNormalization", "Erf", "Gelu"}
+
+
+def test_student_pools_before_normalising_same_numbers():
+    import torch.nn.functional as F
+
+    from edgehaze.models.dehazer import build_depth
+
+    torch.manual_seed(0)
+    s = build_depth("student-s").eval()
+    x = torch.rand(1, 3, 37, 50)
+    ref = F.avg_pool2d((x - s.mean) / s.std, s.pool, s.pool, ceil_mode=True, count_include_pad=False)
+    got = (F.avg_pool2d(x, s.pool, s.pool, ceil_mode=True, count_include_pad=False) - s.mean) / s.std
+    assert torch.allclose(ref, got, atol=1e-5)
+    with torch.no_grad():
+        feats = s.features(x)
+    assert [f.shape[1] for f in feats] == s.feature_channels
+
+
+def test_profile_summary_from_tiny_model(tiny, tmp_path):
+    from edgehaze.profiling import format_profile, profile_onnx, summarise_profile
+
+    _, fused = tiny
+    trace = tmp_path / "trace.json"
+    s = profile_onnx(fused.SerializeToString(), (48, 64), runs=3, warmup=1, keep_trace=trace)
+    assert s["runs"] == 3 and s["nodes"] > 10
+    assert s["kernel_us_per_run"] > 0 and math.isfinite(s["kernel_us_per_run"])
+    ops = {r["op"] for r in s["by_op"]}
+    assert {"Resize", "QuantizeLinear", "DequantizeLinear"} <= ops
+    assert math.isclose(s["full_res_us_per_run"] + s["low_res_us_per_run"], s["kernel_us_per_run"], rel_tol=1e-3, abs_tol=1)
+    full_ops = {r["op"] for r in s["top_nodes"] if r["full_res"]} | set()
+    names = {r["name"]: r for r in s["top_nodes"]}
+    # the uint8 conversions run at the frame's size, the network does not
+    assert any(r["full_res"] for r in s["top_nodes"]) and any(not r["full_res"] for r in s["top_nodes"])
+    assert "fused/to_uint8" not in names or names["fused/to_uint8"]["full_res"]
+    assert s["qdq_us_per_run"] > 0  # the fp32 fused graph's own uint8 conversions are Q/DQ nodes
+    again = summarise_profile(trace, (48, 64), runs=3)
+    assert again["nodes"] == s["nodes"]
+    assert "ORT profile" in format_profile(s, "tiny") and json.dumps(s)
+    del full_ops
+
+
+def test_is_full_resolution():
+    from edgehaze.profiling import is_full_resolution
+
+    assert is_full_resolution([1, 480, 640, 3], (480, 640))
+    assert is_full_resolution([1, 3, 480, 640], (480, 640))
+    assert not is_full_resolution([1, 32, 120, 160], (480, 640))
+    assert not is_full_resolution([1, 640, 480, 3], (480, 640))
+
+
+def test_conv_stack_int8_is_fused_to_qlinearconv_and_ceiling_fraction():
+    import onnx
+
+    from benchmarks.limits import ceiling_fraction, conv_stack
+
+    m = onnx.load_from_string(conv_stack(width=8, layers=2, int8=True))
+    assert sum(n.op_type == "Conv" for n in m.graph.node) == 2
+    assert sum(n.op_type == "QuantizeLinear" for n in m.graph.node) == 3
+    assert ceiling_fraction(2e9, 10.0, 400.0) == pytest.approx(0.5)
+    assert ceiling_fraction(1.0, 0.0, 1.0) is None
+
+
+def test_pareto_two_tiny_points(tmp_path):
+    from benchmarks.pareto import sweep
+
+    r = sweep(points=["edge-xs:4", "edge-xs:8"], steps=1, batch=1, crop=32, n_train=2, n_test=1, data_size=(32, 48),
+              sizes={"640x480": (32, 48), "1920x1080": (40, 64)}, rounds=1, threads=1, out=tmp_path, calib_n=1,
+              progress=False, student_kwargs={"widths": [8, 8, 8, 8], "blocks": [1, 1, 1, 1]}, log=lambda m: None)
+    assert [p["point"] for p in r["points"]] == ["edge-xs:4", "edge-xs:8"]
+    for p in r["points"]:
+        assert math.isfinite(p["psnr_fp32"]) and math.isfinite(p["psnr_int8"]) and 0 < p["ssim_fp32"] <= 1
+        assert set(p["fps"]) == {"640x480:fp32", "640x480:int8", "1920x1080:fp32", "1920x1080:int8"}
+        assert all(v > 0 for v in p["fps"].values())
+        assert Path(p["checkpoint"]).is_file()
+    assert r["points"][1]["gmac"]["640x480"] < r["points"][0]["gmac"]["640x480"]  # scale 8 is cheaper
+    for name in ("pareto.json", "pareto.md", "pareto.svg"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert (tmp_path / "pareto.svg").read_text().startswith("<svg")
