@@ -13,6 +13,13 @@ Equations follow ``shared/docs/method.md`` (our reconstruction of the paper):
 
 Every part can be switched off for the paper's ablations (Table 3: CFE+DAI,
 +ASG, full; Table 6: pre-/post-zero-convolution), see :class:`FusionConfig`.
+
+``style="lite"`` (variant ``"lite"``) keeps the same data flow and the same
+zero-convolution equations but builds each part from dense convolutions and
+ReLU (:class:`LiteRGBDepthFusion`): on a CPU, INT8 window attention,
+LayerNorm and depth-wise convolutions run several times slower per MAC than
+a dense 3x3 convolution, and they break on frame sizes that are not a
+multiple of the window once traced. The paper's variants are unchanged.
 """
 from __future__ import annotations
 
@@ -25,6 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgehaze.errors import ConfigError
+
+
+#: "paper": the RDF of the paper; "lite": the conv-only, INT8-friendly RDF
+FUSION_STYLES = ("paper", "lite")
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,8 @@ class FusionConfig:
     ffn_expansion: hidden width factor of the D-FFN.
     depth_channels: width the depth features are projected to inside the
         block (Z1's output). 0 means "the RGB channel count".
+    style: "paper" (window attention, channel cross-attention, LayerNorm,
+        depth-wise convs) or "lite" (:class:`LiteRGBDepthFusion`, for INT8 CPUs).
     """
 
     cfe: bool = True
@@ -53,6 +66,11 @@ class FusionConfig:
     heads: int = 2
     ffn_expansion: float = 2.0
     depth_channels: int = 0
+    style: str = "paper"
+
+    def __post_init__(self) -> None:
+        if self.style not in FUSION_STYLES:
+            raise ConfigError(f"unknown fusion style '{self.style}'; known: {list(FUSION_STYLES)}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "FusionConfig":
@@ -78,6 +96,9 @@ FUSION_VARIANTS = {
     "no-zc": FusionConfig(pre_zc=False, post_zc=False),
     "pre-zc": FusionConfig(post_zc=False),
     "post-zc": FusionConfig(pre_zc=False),
+    # INT8-friendly: dense convs + ReLU in place of attention / LayerNorm / depth-wise
+    # (CFE off: the wrapped residual stage already gives spatial context)
+    "lite": FusionConfig(style="lite", cfe=False, ffn_expansion=1.0),
 }
 
 
@@ -138,7 +159,7 @@ class WindowSelfAttention(nn.Module):
     Departure from the paper (named in method.md §4.1): global spatial
     attention is quadratic in H*W and impossible at full resolution on an
     edge device, so attention runs inside ``window x window`` tiles. The map
-    is reflect-padded to a multiple of the window and cropped back.
+    is replicate-padded to a multiple of the window and cropped back.
     """
 
     def __init__(self, channels: int, heads: int, window: int) -> None:
@@ -153,9 +174,11 @@ class WindowSelfAttention(nn.Module):
         ws = self.window
         pad_h = (ws - h % ws) % ws
         pad_w = (ws - w % ws) % ws
-        if pad_h or pad_w:
-            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        # Always pad while tracing: a Python `if` on sizes would be frozen at
+        # the trace size and break dynamic-shape ONNX graphs. Replicate padding
+        # works for maps of any size (reflect needs pad < size).
+        if torch.jit.is_tracing() or pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
         hp, wp = x.shape[-2:]
         qkv = self.qkv(x)
         nh, nw = hp // ws, wp // ws
@@ -290,6 +313,65 @@ class RGBDepthFusion(nn.Module):
         return f
 
 
+def _conv(cin: int, cout: int, k: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, padding=k // 2)
+
+
+class LiteRGBDepthFusion(nn.Module):
+    """The RDF data flow from dense convolutions: the INT8-friendly variant.
+
+    Each part keeps its role and its switch in :class:`FusionConfig`:
+
+    * CFE (context):       ``F_c = F + ReLU(Conv3x3(F))``
+    * DAI (depth interplay): ``F_dai = Conv1x1(ReLU(Conv1x1(F_c) + Conv1x1(D)))``
+      (a pointwise MLP over the concatenated RGB and depth features, written
+      as two convolutions so no Concat node is needed; both inputs already
+      carry spatial context from their own 3x3 stacks)
+    * ACG (channel gate):  ``w = sigmoid(Conv1x1(GAP(F_dai))); F_f = F_c + w * F_dai``
+    * FFN:                 ``F_h = F_f + Conv1x1(ReLU(Conv1x1(F_f)))``
+    * ASG (spatial gate):  ``M = sigmoid(Conv1x1(ReLU(Conv3x3(F_h))))`` (C/4 hidden),
+      ``F_g = M * F_h + (1 - M) * F_rgb`` (computed as ``F_rgb + M * (F_h - F_rgb)``)
+
+    No LayerNorm, attention, depth-wise or GELU: every layer is a dense conv,
+    ReLU, a global average or a sigmoid on a one-channel map, so it quantises
+    and runs at the dense-conv rate.
+    """
+
+    def __init__(self, channels: int, cfg: FusionConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        c = channels
+        self.cfe = _conv(c, c, 3) if cfg.cfe else None
+        if cfg.dai:
+            self.dai_rgb, self.dai_depth, self.dai_out = _conv(c, c, 1), _conv(c, c, 1), _conv(c, c, 1)
+        else:
+            self.dai_rgb = self.dai_depth = self.dai_out = None
+        self.acg = _conv(c, c, 1) if (cfg.acg and cfg.dai) else None
+        hidden = max(1, int(round(c * cfg.ffn_expansion)))
+        self.ffn = nn.Sequential(_conv(c, hidden, 1), nn.ReLU(inplace=True), _conv(hidden, c, 1)) if cfg.ffn else None
+        gate_hidden = max(4, c // 4)
+        self.asg = nn.Sequential(_conv(c, gate_hidden, 3), nn.ReLU(inplace=True), _conv(gate_hidden, 1, 1)) if cfg.asg else None
+
+    def forward(self, rgb: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        f = rgb
+        if self.cfe is not None:
+            f = f + F.relu(self.cfe(f))
+        if self.dai_out is not None:
+            f_dai = self.dai_out(F.relu(self.dai_rgb(f) + self.dai_depth(depth)))
+            if self.acg is not None:
+                f = f + torch.sigmoid(self.acg(f_dai.mean(dim=(2, 3), keepdim=True))) * f_dai
+            else:
+                f = f + f_dai
+        else:
+            f = f + depth
+        if self.ffn is not None:
+            f = f + self.ffn(f)
+        if self.asg is not None:
+            m = torch.sigmoid(self.asg(f))
+            f = rgb + m * (f - rgb)
+        return f
+
+
 class FusedBlock(nn.Module):
     """Wraps a backbone block ``F``: ``y = F(x) + Z2(RDF(F(x), Z1(c)))``.
 
@@ -312,7 +394,7 @@ class FusedBlock(nn.Module):
             self.z1 = nn.Identity()
         else:
             self.z1 = nn.Conv2d(depth_channels, channels, 1)
-        self.rdf = RGBDepthFusion(channels, cfg)
+        self.rdf = LiteRGBDepthFusion(channels, cfg) if cfg.style == "lite" else RGBDepthFusion(channels, cfg)
         self.z2: nn.Module = zero_conv(channels, channels) if cfg.post_zc else nn.Conv2d(channels, channels, 1)
         self._depth: Optional[torch.Tensor] = None
         #: the last fused output (for feature distillation); None when unused
