@@ -120,9 +120,14 @@ class ConvStudent(DepthProvider):
         }
 
     def features(self, image: torch.Tensor) -> List[torch.Tensor]:
-        x = (image - self.mean) / self.std
+        # Pool first, then normalise: the same numbers (both are per-pixel affine
+        # maps and the pool averages valid pixels only), but the normalisation
+        # runs on 1/pool^2 of the pixels, and the exported pooling node is then
+        # identical to the edge backbone's, so ONNX Runtime computes it once.
+        x = image
         if self.pool > 1:
             x = F.avg_pool2d(x, self.pool, self.pool, ceil_mode=True, count_include_pad=False)
+        x = (x - self.mean) / self.std
         levels = []
         for stage in self.stages:
             x = stage(x)
