@@ -70,7 +70,7 @@ class DemoSizes:
     teacher_batch: int
     teacher_input: int  # teacher input side (multiple of 14)
     backbone: str
-    crop: int
+    crop: Optional[int]  # training crop side (None: whole scenes, what the teacher was trained on)
     batch: int
     rgb_steps: int
     fused_steps: int
@@ -85,12 +85,18 @@ class DemoSizes:
     video_size: Tuple[int, int]  # (H, W)
     latency_runs: int
     latency_warmup: int
+    #: fusion variant: "lite" is the conv-only, INT8-friendly form of the paper's
+    #: RDF block (window attention cannot be exported for every frame size)
+    fusion: str = "lite"
+    #: student encoder (student-s) widths/blocks: smaller than the demo's small teacher
+    student_widths: Tuple[int, ...] = (8, 16, 32, 64)
+    student_blocks: Tuple[int, ...] = (1, 1, 1, 1)
 
 
 FULL = DemoSizes(
     n_train=128, n_test=16, size=(96, 128),
     teacher_steps=400, teacher_batch=8, teacher_input=98,
-    backbone="edge-s", crop=64, batch=8, rgb_steps=600, fused_steps=400, val_every=100,
+    backbone="edge-s", crop=None, batch=8, rgb_steps=400, fused_steps=300, val_every=100,
     distill_steps=300,
     export_method="ptq", qat_steps=0, calib_images=32, holdout_images=8, calib_size=(96, 128),
     video_frames=60, video_size=(240, 320),
@@ -100,7 +106,7 @@ FULL = DemoSizes(
 QUICK = DemoSizes(
     n_train=24, n_test=4, size=(64, 96),
     teacher_steps=60, teacher_batch=8, teacher_input=56,
-    backbone="edge-xs", crop=48, batch=8, rgb_steps=40, fused_steps=40, val_every=20,
+    backbone="edge-xs", crop=None, batch=8, rgb_steps=40, fused_steps=40, val_every=20,
     distill_steps=20,
     export_method="ptq", qat_steps=0, calib_images=8, holdout_images=4, calib_size=(64, 96),
     video_frames=12, video_size=(96, 128),
@@ -149,9 +155,9 @@ class Stage:
     outputs: Callable[["Demo"], List[Path]]
 
 
-def _best(stage_dir: Path) -> Path:
-    best = stage_dir / "best.safetensors"
-    return best if best.is_file() else stage_dir / "last.safetensors"
+def _final(stage_dir: Path) -> Path:
+    """A stage's final weights. Not ``best``: that is picked on the test split the report scores."""
+    return stage_dir / "last.safetensors"
 
 
 class Demo:
@@ -178,15 +184,15 @@ class Demo:
 
     @property
     def stage1_ckpt(self) -> Path:
-        return _best(self.out / "stage1" / "rgb")
+        return _final(self.out / "stage1" / "rgb")
 
     @property
     def stage2_ckpt(self) -> Path:
-        return _best(self.out / "stage2" / "fused")
+        return _final(self.out / "stage2" / "fused")
 
     @property
     def control_ckpt(self) -> Path:
-        return _best(self.out / "control" / "rgb")
+        return _final(self.out / "control" / "rgb")
 
     @property
     def student_ckpt(self) -> Path:
@@ -239,7 +245,7 @@ class Demo:
                 "depth": "tiny",
                 "depth_weights": str(self.teacher_weights),
                 "depth_kwargs": {"input_size": s.teacher_input},
-                "fusion": "full",
+                "fusion": s.fusion,
             },
             "data": {"root": str(self.data), "layout": "dehazeformer", "train_split": "train", "val_split": "test",
                      "crop": s.crop, "flip": True, "workers": 0},
@@ -265,7 +271,8 @@ class Demo:
             "name": "distill",
             "out_dir": str(self.out / "distill"),
             "teacher": {"checkpoint": str(self.stage2_ckpt), "stage1": str(self.stage1_ckpt)},
-            "student": {"depth": "student-s"},
+            "student": {"depth": "student-s",
+                        "depth_kwargs": {"widths": list(s.student_widths), "blocks": list(s.student_blocks)}},
             "data": {"root": str(self.data), "layout": "dehazeformer", "train_split": "train", "val_split": "test",
                      "crop": None, "flip": False, "workers": 0},
             "train": {"batch_size": s.batch, "val_every": max(1, s.distill_steps // 2), "log_every": 10,
@@ -662,14 +669,16 @@ def _markdown(r: Dict[str, Any]) -> str:
         f"median of {r['sizes']['latency_runs']} runs at {w}x{h} (threads: {r['threads']}) on this machine "
         f"({r['machine'].get('processor')}, {r['machine'].get('cpu_count')} CPUs visible).",
         "",
-        f"| model | engine | params (M) | GFLOPs @{w}x{h} | PSNR | SSIM | PSNR-Y | CPU median ms @{w}x{h} | FPS |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| model | engine | params (M) | of which depth (M) | GFLOPs @{w}x{h} | PSNR | SSIM | PSNR-Y | "
+        f"CPU median ms @{w}x{h} | FPS |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key in (*ROW_ORDER, "control"):
         row = r["rows"][key]
         lat = row.get("latency") or {}
         lines.append(
-            f"| {row['title']} | {row['engine']} | {_num(row['params'] / 1e6, '.3f')} | {_num(row['flops'] / 1e9, '.2f')} | "
+            f"| {row['title']} | {row['engine']} | {_num(row['params'] / 1e6, '.3f')} | "
+            f"{_num(row.get('depth_params', 0) / 1e6, '.3f')} | {_num(row['flops'] / 1e9, '.2f')} | "
             f"{_num(row.get('psnr'), '.2f')} | {_num(row.get('ssim'), '.4f')} | {_num(row.get('psnr_y'), '.2f')} | "
             f"{_num(lat.get('median_ms'), '.1f')} | {_num(lat.get('fps'), '.1f')} |"
         )

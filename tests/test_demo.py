@@ -118,7 +118,7 @@ def test_quick_demo_end_to_end_then_skips_everything(tmp_path, capsys):
     from edgehaze.cli import main
 
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out), "--threads", "2", "--no-progress"]) == 0
+    assert main(["demo", "--quick", "--out", str(out), "--threads", "1", "--no-progress"]) == 0
     first = capsys.readouterr().out
     assert "[8/8] writing the report ... done in" in first
     report = json.loads((out / "report.json").read_text())

@@ -28,7 +28,7 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
                    help="redo every stage, or STAGE and the ones after it")
     p.add_argument("--stages", nargs="+", default=None, choices=STAGE_NAMES, metavar="STAGE",
                    help=f"run only these stages ({', '.join(STAGE_NAMES)})")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch and ONNX Runtime (default 2)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch and ONNX Runtime (default 2; on a busy machine 1 can be faster)")
     p.add_argument("--quick", action="store_true", help="a much smaller run (for tests and install checks)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (stage lines only)")
     p.set_defaults(func=run)
