@@ -54,6 +54,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except EdgehazeError as exc:
         print(f"edgehaze {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # disk full, permission denied, read-only file system...: the file
+        # and the reason on one line (atomic writes left earlier files intact)
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"edgehaze {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"edgehaze {args.command}: interrupted", file=sys.stderr)
         return 130

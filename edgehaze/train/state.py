@@ -80,7 +80,13 @@ def load_state(path: Union[str, Path]) -> Dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{path}: unreadable training state ({exc.__class__.__name__}: {exc})") from None
+        # torch's message runs over many lines and suggests weights_only=False,
+        # which would execute a pickle payload: keep its first line only.
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise CheckpointError(
+            f"{path}: unreadable or unsafe training state ({exc.__class__.__name__}: {first}); "
+            "it is truncated, not an edgehaze state file, or carries code; start a fresh run without --resume"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path}: not an edgehaze training-state file")
     return state
