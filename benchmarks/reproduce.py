@@ -575,10 +575,10 @@ class Reproduction:
         teacher = json.loads(qpath.read_text(encoding="utf-8")) if qpath.is_file() else {}
         done = {(r["seed"], r["run"]) for r in runs}
         partial = any((s, n) not in done for s in self.seeds for n in self.rows)
-        return self.write_report(runs, teacher, sum(r.get("wall_s", 0.0) for r in runs), partial=partial)
+        return self.write_report(runs, teacher, None, partial=partial)
 
     # -- report
-    def write_report(self, runs: List[Dict[str, Any]], teacher: Dict[str, Any], wall: float,
+    def write_report(self, runs: List[Dict[str, Any]], teacher: Dict[str, Any], wall: Optional[float],
                      partial: bool) -> Dict[str, Any]:
         results = build_results(runs, self.budget, self.seeds, self.rows, self.splits(), teacher, wall,
                                 sots=str(self.sots) if self.sots else None, partial=partial)
@@ -591,7 +591,7 @@ class Reproduction:
 
 
 def build_results(runs: List[Dict[str, Any]], budget: Budget, seeds: Sequence[int], rows: Sequence[str],
-                  splits: Sequence[str], teacher: Dict[str, Any], wall: float, sots: Optional[str] = None,
+                  splits: Sequence[str], teacher: Dict[str, Any], wall: Optional[float], sots: Optional[str] = None,
                   partial: bool = False) -> Dict[str, Any]:
     """Aggregate runs: per row and split, mean/std/min/max of each metric; orderings checked."""
     results: Dict[str, Any] = {"runs": runs}
@@ -700,7 +700,9 @@ def markdown(r: Dict[str, Any]) -> str:
     counts = {s: sum(c["status"] == s for c in paper) for s in ("reproduced", "within noise", "not reproduced", "missing")}
     lines += ["", "Summary: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + f" (of {len(paper)} checks).",
               "", "## Time", "",
-              f"Wall time of this invocation: {r['wall_s'] / 60:.1f} min; wall time of the row runs: "
+              (f"Wall time of this invocation: {r['wall_s'] / 60:.1f} min; " if r.get("wall_s") is not None
+               else "Report rebuilt from the finished runs (--report-only); ")
+              + f"wall time of the row runs: "
               f"{r.get('runs_wall_s', 0) / 60:.1f} min; CPU time of the row runs: "
               f"{r['runs_cpu_s'] / 60:.1f} min, of stage 1: {r.get('stage1_cpu_s', 0) / 60:.1f} min "
               f"(threads {b['threads']}, {r['machine']['cpus']} CPUs visible). Finished {r['finished']}.", ""]

@@ -119,7 +119,8 @@ def test_quick_end_to_end_and_resume(tmp_path):
     (check,) = [c for c in res["orderings"] if (c["higher"], c["lower"]) == ("full", "rgb")]
     d = res["table"]["full"]["procedural"]["psnr"]["mean"] - res["table"]["rgb"]["procedural"]["psnr"]["mean"]
     assert check["diff_mean"] == pytest.approx(d)
-    assert check["status"] == ("not reproduced" if d <= 0 else "reproduced")
+    expected = "not reproduced" if d <= 0 else ("within noise" if d < R.TIE_DB else "reproduced")
+    assert check["status"] == expected
     assert check["sentence"] in md
     for row in ("rgb", "full"):
         rec = json.loads((out / "seed0" / row / "result.json").read_text())
