@@ -149,7 +149,7 @@ def tensorrt_available() -> Tuple[bool, str]:
         return False, f"onnxruntime unusable ({exc})"
     if "TensorrtExecutionProvider" in providers:
         return True, ""
-    return False, "no TensorRT here (onnxruntime has no TensorrtExecutionProvider; needs a GPU build with TensorRT)"
+    return False, "onnxruntime has no TensorrtExecutionProvider here; it needs a GPU build with TensorRT"
 
 
 # ---------------------------------------------------------------- cases
@@ -182,6 +182,12 @@ def _params_flops(model: Any, size: Size) -> Dict[str, Any]:
     return {"params": count_params(model), "flops": count_flops(model, x)}
 
 
+def _label(path: "str | Path") -> str:
+    """A file's name, with its folder when the name alone says nothing (``fused/last.safetensors``)."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.stem in ("last", "best", "model") else p.name
+
+
 def checkpoint_case(path: "str | Path", warmup: int, runs: int, threads: int,
                     depth_weights: Optional[str] = None, cost: bool = False) -> BenchCase:
     """A dehazer checkpoint, torch eager."""
@@ -197,7 +203,7 @@ def checkpoint_case(path: "str | Path", warmup: int, runs: int, threads: int,
             stats.update(_params_flops(model, size))
         return stats
 
-    return BenchCase(Path(path).name, role_of_depth(build.get("depth")), "torch-eager", make,
+    return BenchCase(_label(path), role_of_depth(build.get("depth")), "torch-eager", make,
                      {"path": str(path), "backbone": build.get("backbone"), "depth": build.get("depth")})
 
 
@@ -335,13 +341,13 @@ def run_bench(
             if trt_ok:
                 cases.append(artifact_case(p, warmup, runs, threads, provider="auto"))
             else:
-                notes.append(f"TensorRT: skipped {Path(p).name} ({trt_why}).")
+                notes.append(f"TensorRT: skipped {Path(p).name}: {trt_why}.")
             continue
         cases.append(artifact_case(p, warmup, runs, threads, provider="cpu"))
         if trt_ok:
             cases.append(artifact_case(p, warmup, runs, threads, provider="trt"))
     if onnx and not trt_ok and tensorrt:
-        notes.append(f"TensorRT: skipped ({trt_why}).")
+        notes.append(f"TensorRT: skipped: {trt_why}.")
     rows = run_cases(cases, sizes, progress)
     return {
         "results": rows,
