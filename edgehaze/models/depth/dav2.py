@@ -301,6 +301,7 @@ class DepthAnythingTeacher(DepthProvider):
         weights: Optional[str | os.PathLike] = None,
         input_size: int = 518,
         seed: int = 0,
+        random_init: bool = False,
     ) -> None:
         super().__init__()
         if model_id not in _RELEASES:
@@ -312,7 +313,13 @@ class DepthAnythingTeacher(DepthProvider):
         self.license = release.license
         self.spec = ARCHS[release.arch]
         self.input_size = input_size
-        weights_path = _check_weights(release, weights)
+        # random_init: the architecture without its weights, asked for by
+        # name, for cost reports and latency benchmarks only (never quality).
+        if random_init and weights is not None:
+            raise ConfigError("random_init=True and depth weights are exclusive")
+        weights_path = None if random_init else _check_weights(release, weights)
+        if random_init:
+            self.license = "none (random init, cost measurements only)"
 
         from transformers import DepthAnythingForDepthEstimation
         from transformers.utils import logging as hf_logging
@@ -335,6 +342,8 @@ class DepthAnythingTeacher(DepthProvider):
         self.feature_channels = [self.spec.features] * 4
         self.feature_strides = [PATCH / 8, PATCH / 4, PATCH / 2, float(PATCH)]
         self._build_kwargs = {"weights": None if weights is None else str(weights), "input_size": input_size}
+        if random_init:
+            self._build_kwargs["random_init"] = True
         if release.arch == "tiny":
             self._build_kwargs["seed"] = seed
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -533,8 +542,8 @@ def _load_checked(model: nn.Module, state: dict, path: Path, model_id: str) -> N
 
 # -- registry ---------------------------------------------------------------
 def _factory(model_id: str):
-    def build(weights: Optional[str] = None, input_size: int = 518) -> DepthAnythingTeacher:
-        return DepthAnythingTeacher(model_id, weights=weights, input_size=input_size)
+    def build(weights: Optional[str] = None, input_size: int = 518, random_init: bool = False) -> DepthAnythingTeacher:
+        return DepthAnythingTeacher(model_id, weights=weights, input_size=input_size, random_init=random_init)
 
     build.__name__ = model_id.replace("-", "_")
     build.__doc__ = f"Frozen {model_id} teacher ({_RELEASES[model_id].license}); weights: {_RELEASES[model_id].where}."
