@@ -180,3 +180,30 @@ def test_resolve_fusion_rejects_unknown_names_and_keys():
         resolve_fusion("nope")
     with pytest.raises(ConfigError, match="unknown fusion option"):
         resolve_fusion({"windw": 4})
+
+
+def test_window_attention_exports_with_dynamic_sizes(tmp_path):
+    """The padding must not be frozen at the trace size (dynamic ONNX graphs)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    attn = WindowSelfAttention(8, heads=2, window=4).eval()
+    path = tmp_path / "attn.onnx"
+    torch.onnx.export(
+        attn,
+        (torch.rand(1, 8, 8, 8),),
+        str(path),
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {2: "h", 3: "w"}, "y": {2: "h", 3: "w"}},
+        dynamo=False,
+    )
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for h, w in [(8, 8), (11, 13), (5, 6)]:
+        x = torch.rand(1, 8, h, w)
+        with torch.no_grad():
+            ref = attn(x).numpy()
+        got = sess.run(None, {"x": x.numpy()})[0]
+        assert got.shape == ref.shape
+        np.testing.assert_allclose(got, ref, atol=1e-5)
