@@ -63,6 +63,7 @@ def export_checkpoint(
     max_psnr_drop: float = 0.2,
     force: bool = False,
     ort_optimize: bool = False,
+    fused: bool = True,
     depth_weights: Optional[str] = None,
     workspace: float = 4.0,
     log: Callable[[str], None] = _stderr,
@@ -131,9 +132,22 @@ def export_checkpoint(
         )
     log(f"FP32 parity with PyTorch: uint8 max diff {parity['uint8_max_diff']}, float max abs {parity['float_max_abs']:.2e}")
 
+    # -- fused full-resolution apply step (edge-* backbones; see export/fused.py) --
+    fuse_apply = fused and dynamic and not two_graph and precision in ("fp32", "int8") and G.has_correction_maps(model)
+    if fuse_apply:
+        from edgehaze.export import fused as FU
+
+        core32 = FU.export_core(model, opset=opset)
+        fused32 = FU.fused_graph(core32, channel_order)
+        parity["fused_uint8_max_diff"] = FU.uint8_difference(fused32, fp32, check_sizes)
+        if parity["fused_uint8_max_diff"] > UINT8_TOL:
+            raise EdgehazeError(f"the fused apply graph differs from the plain graph by {parity['fused_uint8_max_diff']} "
+                                "levels; this is a bug, please report it (fused=False exports the plain graph)")
+        log(f"fused apply step: uint8 max diff {parity['fused_uint8_max_diff']} vs the plain graph")
+
     # -- precision ------------------------------------------------------------
     accuracy: Dict[str, Any] = {}
-    final = fp32
+    final = fused32 if fuse_apply else fp32
     if precision == "fp16":
         final = O.to_fp16(fp32)
         holdout = Q.procedural_samples(2, calib_size, seed=999)
@@ -145,10 +159,15 @@ def export_checkpoint(
             f"from {data.source}")
         if method == "qat":
             qfloat = Q.qat_quantize(model, data.calib, steps=qat_steps, progress=progress)
-            final = O.export_module(G.FullGraph(qfloat, channel_order), (example,), ["image"], ["dehazed"], dynamic, opset)
+            if fuse_apply:
+                final = FU.fused_graph(FU.export_core_module(qfloat.core, opset=opset), channel_order)
+            else:
+                final = O.export_module(G.FullGraph(qfloat, channel_order), (example,), ["image"], ["dehazed"], dynamic, opset)
+        elif fuse_apply:
+            final = FU.fused_graph(FU.quantize_core(core32, [h for h, _ in data.calib]), channel_order)
         else:
             final = Q.ptq_onnx(fp32, data.calib)
-        qdq = sum(n.op_type == "QuantizeLinear" for n in final.graph.node)
+        qdq = sum(n.op_type == "QuantizeLinear" and not n.name.startswith("fused/") for n in final.graph.node)
         if qdq == 0:
             raise EdgehazeError("quantisation produced no QDQ nodes; this is a bug, please report it")
         accuracy = Q.evaluate_pair(fp32.SerializeToString(), final.SerializeToString(), data.holdout)
