@@ -51,6 +51,9 @@ def train_point(backbone: str, scale: int, data: Sequence[Tuple[np.ndarray, np.n
     from edgehaze import build_dehazer
 
     torch.manual_seed(seed)
+    # one thread: small tensors, and on a shared machine extra threads mostly wait for each other
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(1)
     model = build_dehazer(backbone, depth="student-s", fusion="lite", backbone_kwargs={"scale": scale},
                           depth_kwargs={"pool": scale, **(student_kwargs or {})})
     hazy = torch.stack([torch.from_numpy(h).permute(2, 0, 1) for h, _ in data])
@@ -76,6 +79,7 @@ def train_point(backbone: str, scale: int, data: Sequence[Tuple[np.ndarray, np.n
         loss.backward()
         opt.step()
         sched.step()
+    torch.set_num_threads(threads_before)
     return model.eval()
 
 

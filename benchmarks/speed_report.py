@@ -288,6 +288,25 @@ def build_report(checkpoint: Optional[str] = None, threads: int = 2, rounds: int
                 for k in ("plain_fp32", "fused_int8")}
 
     # stream end to end
+    # what pays: INT8 op sets (640x480) and the apply layout (1080p), each timed interleaved
+    from edgehaze.export.fused import export_core, fused_graph, quantize_core
+
+    log("INT8 op sets (640x480) and apply layouts (1080p)")
+    core = export_core(model)
+    opsets = {"Conv": ["Conv"], "Conv+Relu+Add": ["Conv", "Relu", "Add"],
+              "Conv+Relu+Add+Mul+Resize+Sigmoid+ReduceMean+Sub": ["Conv", "Relu", "Add", "Mul", "Resize", "Sigmoid",
+                                                                  "ReduceMean", "Sub"]}
+    og = {k: fused_graph(quantize_core(core, calib, ops)).SerializeToString() for k, ops in opsets.items()}
+    og["fp32"] = graphs["640x480"]["fused_fp32"]
+    t = interleaved({k: ort_runner(ort_session(v, threads), (480, 640)) for k, v in og.items()}, rounds=rounds)
+    report["int8_opsets"] = {k: {**t[k], "psnr_drop": (None if k == "fp32" else round(p32 - psnr_of(ort_session(v, threads), test), 3))}
+                             for k, v in og.items()}
+    core8 = export_core(variants["1920x1080"])
+    lg = {lay: fused_graph(core8, layout=lay).SerializeToString() for lay in ("nhwc", "nchw")}
+    lg["plain"] = graphs["1920x1080"]["plain_fp32"]
+    report["apply_layouts_1080"] = interleaved({k: ort_runner(ort_session(v, threads), (1080, 1920)) for k, v in lg.items()},
+                                               rounds=rounds)
+
     report["stream"] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -391,6 +410,13 @@ def markdown(r: Dict[str, Any]) -> str:
         st = s["stages_median_ms"]
         lines.append(f"| {key} | {s['fps']:.1f} | {s['frame_ms']:.2f} | {st['pre']:.2f} | {st['infer']:.2f} | "
                      f"{st['post']:.2f} | {st['write']:.2f} | {st['capture']:.2f} | {s['overhead_pct']} |")
+    if "int8_opsets" in r:
+        lines += ["", "## Quantise what pays (640x480, interleaved)", "", "| quantised op types | median ms | PSNR drop dB |",
+                  "|---|---:|---:|"]
+        for k, v in r["int8_opsets"].items():
+            lines.append(f"| {k} | {v['median_ms']:.2f} | {v['psnr_drop']} |")
+        lines += ["", "Apply-step layout at 1080p (FP32 core, interleaved): " + ", ".join(
+            f"{k} {v['median_ms']:.1f} ms" for k, v in r["apply_layouts_1080"].items())]
     if "teacher" in r:
         t = r["teacher"]
         lines += ["", "## Teacher vs student (640x480, same process)", "",

@@ -276,3 +276,16 @@ def test_pareto_two_tiny_points(tmp_path):
     for name in ("pareto.json", "pareto.md", "pareto.svg"):
         assert (tmp_path / name).stat().st_size > 0
     assert (tmp_path / "pareto.svg").read_text().startswith("<svg")
+
+
+def test_bench_cli_profile_on_a_fused_artifact(tiny, tmp_path, capsys):
+    from benchmarks.speed_report import write_artifact
+    from edgehaze.cli import main
+
+    model, fused = tiny
+    path = write_artifact(fused, tmp_path, "tiny", "fp32", model.build_args())
+    rc = main(["bench", "--onnx", str(path), "--sizes", "48x64", "--runs", "2", "--warmup", "1", "--no-progress",
+               "--no-tensorrt", "--profile"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "ORT profile" in out and "full resolution" in out and "Quantize/DequantizeLinear" in out

@@ -38,13 +38,48 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--no-tensorrt", action="store_true", help="do not try TensorRT even where it is installed")
     p.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile each --onnx graph per node with ONNX Runtime (top nodes, QDQ share, "
+                        "full- vs low-resolution time; edgehaze.profiling)")
+    p.add_argument("--pareto", default=None, metavar="OUT",
+                   help="run the quality/speed Pareto sweep (benchmarks/pareto.py, source checkout) into OUT")
     p.set_defaults(func=run)
+
+
+def _pareto(out: str) -> int:
+    import importlib.util
+    from pathlib import Path
+
+    from edgehaze.errors import EdgehazeError
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "pareto.py"
+    if not script.is_file():
+        raise EdgehazeError(f"--pareto needs the source checkout ({script} is missing); run benchmarks/pareto.py there")
+    import sys
+
+    sys.path.insert(0, str(script.parents[1]))
+    spec = importlib.util.spec_from_file_location("edgehaze_pareto", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return int(module.main(["--out", out]))
+
+
+def _profile(models: list, sizes: list, threads: int) -> None:
+    from edgehaze.profiling import format_profile, profile_onnx
+
+    for model in models:
+        if not str(model).endswith(".onnx"):
+            continue
+        for size in sizes:
+            print(format_profile(profile_onnx(model, size, threads=threads), str(model)))
 
 
 def run(args: argparse.Namespace) -> int:
     from edgehaze.bench import markdown_table, parse_size, run_bench, write_json
 
     sizes = [parse_size(s) for s in args.sizes]
+    if args.pareto:
+        return _pareto(args.pareto)
     depth_kwargs = {"input_size": args.depth_input_size} if args.depth_input_size else None
     result = run_bench(
         checkpoints=args.checkpoint,
@@ -61,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print(markdown_table(result["results"], result["notes"]), end="")
+    if args.profile:
+        _profile(args.onnx, sizes, args.threads)
     if args.json:
         print(f"results: {write_json(args.json, result)}")
     return 1 if any("error" in r for r in result["results"]) else 0
