@@ -93,15 +93,16 @@ def ort_runner(sess, size: Size) -> Callable[[], Any]:  # type: ignore[no-untype
 
 
 # --------------------------------------------------------------------------- models
-def default_model(backbone: str = "edge-s", depth: str = "student-s", fusion: str = "lite",
-                  backbone_kwargs: Optional[dict] = None, seed: int = 0):  # type: ignore[no-untyped-def]
+def default_model(backbone: str = "edge-s", depth: str = "student-s", fusion: str = "lite", scale: int = 8,
+                  seed: int = 0):  # type: ignore[no-untyped-def]
     """An untrained dehazer with non-zero maps (a zero head would make the apply step trivial)."""
     import torch
 
     from edgehaze import build_dehazer
 
     torch.manual_seed(seed)
-    m = build_dehazer(backbone, depth=depth, fusion=fusion, backbone_kwargs=backbone_kwargs).eval()
+    m = build_dehazer(backbone, depth=depth, fusion=fusion, backbone_kwargs={"scale": scale},
+                      depth_kwargs={"pool": scale}).eval()
     torch.nn.init.normal_(m.backbone.head.weight, std=0.01)
     torch.nn.init.normal_(m.backbone.head.bias, std=0.05)
     for blk in m.fused_blocks():
@@ -220,7 +221,7 @@ def teacher_model(name: str = "dav2-l"):  # type: ignore[no-untyped-def]
 
 # --------------------------------------------------------------------------- the report
 def build_report(checkpoint: Optional[str] = None, threads: int = 2, rounds: int = 10, teacher: bool = False,
-                 profile: bool = False, stream_frames: int = 120, scale_1080: int = 8, calib_n: int = 16,
+                 profile: bool = False, stream_frames: int = 120, scale_1080: Optional[int] = None, calib_n: int = 16,
                  holdout_n: int = 8, out_dir: "str | Path" = "runs/bench", quick: bool = False,
                  log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> Dict[str, Any]:
     import torch
@@ -244,6 +245,7 @@ def build_report(checkpoint: Optional[str] = None, threads: int = 2, rounds: int
     test = holdout(holdout_n, (240, 320), seed=5000)
 
     graphs: Dict[str, Dict[str, bytes]] = {}
+    scale_1080 = scale_1080 or 2 * model.backbone.scale  # 1080p has 2.25x the lines of 480p
     variants = {"640x480": model, "1920x1080": internal_scale(model, scale_1080) if scale_1080 != model.backbone.scale else model}
     for key, m in variants.items():
         log(f"exporting {key} graphs (plain FP32, fused FP32, fused INT8)")
@@ -440,7 +442,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--teacher", action="store_true", help="also time the DAv2-L teacher (slow)")
     p.add_argument("--profile", action="store_true", help="ORT per-node profiles of the plain and fused graphs")
-    p.add_argument("--scale-1080", type=int, default=8, help="internal scale for 1080p frames")
+    p.add_argument("--scale-1080", type=int, default=None, help="internal scale for 1080p frames (default 2x the model's)")
     p.add_argument("--frames", type=int, default=120, help="frames per stream run")
     p.add_argument("--out", default="runs/bench")
     p.add_argument("--quick", action="store_true")

@@ -10,11 +10,14 @@ pass moves 25-50 MB, which is most of the frame time.
 This module builds the same function with the fewest full-resolution ops,
 all in the frame's own NHWC layout::
 
-    image (uint8 NHWC) --DequantizeLinear(1/255)--> x (float NHWC, [0, 1])
-    x --Transpose--> NCHW --core (AvgPool by scale, the network)--> maps (1x6xhxw, low res)
-    maps --Transpose, Slice, *255, +255 (low res)--> g = 255 (1 + K), b = 255 B   (1 x h x w x 3 each)
-    G = Resize(g, sizes=Shape(image)), B = Resize(b, sizes=Shape(image))   (bilinear, half-pixel)
-    dehazed = QuantizeLinear(x * G + B, scale 1, zero point 0)   (round half to even, saturate to 0..255)
+    image (uint8 NHWC) --Transpose (bytes)--> NCHW --DequantizeLinear(1/255)--> x01 (float, [0, 1])
+    x01 --core (AvgPool by scale, the network)--> maps (1x6xhxw, low res)
+    maps --Slice, +1, *255 (low res)--> g = 255 (1 + K), b = 255 B   (1 x 3 x h x w each)
+    G = Resize(g, sizes=Shape(x01)), B = Resize(b, sizes=Shape(x01))   (bilinear, half-pixel)
+    QuantizeLinear(x01 * G + B, scale 1, zero point 0)   (round half to even, saturate to 0..255)
+      --Transpose (bytes)--> dehazed (uint8 NHWC)
+
+(``layout="nhwc"`` applies in the frame's layout instead; measured slower.)
 
 ``QuantizeLinear`` does the clamp, the rounding and the cast in one
 vectorised pass, ``DequantizeLinear`` the cast and the /255. The core is a
@@ -144,14 +147,16 @@ def _const(name: str, value: np.ndarray) -> "onnx.TensorProto":  # noqa: F821
     return numpy_helper.from_array(np.asarray(value), name)
 
 
-def fused_graph(core: "onnx.ModelProto", channel_order: str = "RGB", layout: str = DEFAULT_LAYOUT) -> "onnx.ModelProto":  # noqa: F821
+def fused_graph(core: "onnx.ModelProto", channel_order: str = "RGB", layout: str = DEFAULT_LAYOUT,
+                barrier: bool = True, apply: str = "float") -> "onnx.ModelProto":  # noqa: F821
     """Wrap a core (``x01`` -> ``maps``) into ``image`` uint8 NHWC -> ``dehazed`` uint8 NHWC (module docstring).
 
     ``layout``: where the full-resolution apply runs. "nhwc": in the frame's
-    layout (the maps are resized straight to H x W x 3; no full-resolution
-    transpose after the input's); "nchw": next to the core's input (ORT's
-    NCHW bilinear kernel), the uint8 result transposed back (a byte-wide
-    pass). Which is faster is measured (benchmarks/README.md).
+    layout (DequantizeLinear on the frame, a float transpose feeds the core,
+    the maps are resized straight to H x W x 3); "nchw": the uint8 frame is
+    transposed (a byte-wide pass), dequantised once for both the core and
+    the apply (ORT's NCHW bilinear kernel), and the uint8 result transposed
+    back. Which is faster is measured (benchmarks/README.md).
     """
     import onnx
     from onnx import TensorProto, helper
@@ -175,15 +180,34 @@ def fused_graph(core: "onnx.ModelProto", channel_order: str = "RGB", layout: str
         _const(pre + "axis_c", np.array([c_axis], np.int64)),
         _const(pre + "rev", np.array([2, 1, 0], np.int64)),
     ]
-    nodes = [helper.make_node("DequantizeLinear", ["image", pre + "inv255", pre + "zp"], [pre + "x"], name=pre + "dequant")]
-    x = pre + "x"
-    core_in = x
-    if bgr:  # the network wants RGB
-        nodes.append(helper.make_node("Gather", [x, pre + "rev"], [pre + "x_rgb"], axis=3, name=pre + "bgr2rgb"))
-        core_in = pre + "x_rgb"
-    nodes.append(helper.make_node("Transpose", [core_in], ["x01"], perm=[0, 3, 1, 2], name=pre + "to_nchw"))
+    if nchw:  # transpose the bytes (1/4 of the float traffic), then one DequantizeLinear gives x01
+        nodes = [helper.make_node("Transpose", ["image"], [pre + "image_nchw"], perm=[0, 3, 1, 2], name=pre + "to_nchw")]
+        u8 = pre + "image_nchw"
+        if bgr:
+            nodes.append(helper.make_node("Gather", [u8, pre + "rev"], [pre + "image_rgb"], axis=1, name=pre + "bgr2rgb"))
+            u8 = pre + "image_rgb"
+        nodes.append(helper.make_node("DequantizeLinear", [u8, pre + "inv255", pre + "zp"], ["x01"], name=pre + "dequant"))
+        x = "x01"
+    else:
+        nodes = [helper.make_node("DequantizeLinear", ["image", pre + "inv255", pre + "zp"], [pre + "x"], name=pre + "dequant")]
+        x = pre + "x"
+        core_in = x
+        if bgr:  # the network wants RGB
+            nodes.append(helper.make_node("Gather", [x, pre + "rev"], [pre + "x_rgb"], axis=3, name=pre + "bgr2rgb"))
+            core_in = pre + "x_rgb"
+        nodes.append(helper.make_node("Transpose", [core_in], ["x01"], perm=[0, 3, 1, 2], name=pre + "to_nchw"))
     nodes += list(g.node)
     maps = "maps"
+    if nchw and barrier:
+        # A reshape round trip: ORT's layout transformer does not move transposes through it, so
+        # an INT8 core (which ORT runs in NHWC) does not drag the full-resolution Resize into
+        # NHWC, where ORT's float bilinear kernel is about 2x slower.
+        inits.append(_const(pre + "flat", np.array([1, 6, -1], np.int64)))
+        nodes += [helper.make_node("Shape", ["maps"], [pre + "maps_shape"], name=pre + "maps_shape"),
+                  helper.make_node("Reshape", ["maps", pre + "flat"], [pre + "maps_flat"], name=pre + "maps_flat"),
+                  helper.make_node("Reshape", [pre + "maps_flat", pre + "maps_shape"], [pre + "maps_nchw"],
+                                   name=pre + "maps_nchw")]
+        maps = pre + "maps_nchw"
     if not nchw:
         nodes.append(helper.make_node("Transpose", ["maps"], [pre + "maps_nhwc"], perm=[0, 2, 3, 1], name=pre + "maps_nhwc"))
         maps = pre + "maps_nhwc"
@@ -217,6 +241,8 @@ def fused_graph(core: "onnx.ModelProto", channel_order: str = "RGB", layout: str
         nodes.append(helper.make_node("Transpose", [last], ["dehazed"], perm=[0, 2, 3, 1], name=pre + "to_nhwc"))
     else:
         nodes.append(helper.make_node("QuantizeLinear", [pre + "j", pre + "one", pre + "zp"], ["dehazed"], name=pre + "to_uint8"))
+    if apply == "uint8":
+        nodes, inits = _uint8_apply(nodes, inits, pre, bgr)
     graph = helper.make_graph(
         nodes, "edgehaze_fused",
         [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, "height", "width", 3])],
@@ -227,6 +253,61 @@ def fused_graph(core: "onnx.ModelProto", channel_order: str = "RGB", layout: str
     model.ir_version = core.ir_version
     onnx.checker.check_model(model)
     return model
+
+
+#: uint8 apply: gain (1 + K) in [0, 2] and offset 255 B in [-256, 254], 8 bits each
+GAIN_SCALE, OFFSET_SCALE, OFFSET_ZP, PRODUCT_SCALE = 2.0 / 255.0, 2.0, 128, 2.0
+
+
+def _uint8_apply(nodes: list, inits: list, pre: str, bgr: bool) -> tuple:
+    """Replace the float full-resolution tail by QDQ-wrapped uint8 arithmetic in the frame's layout.
+
+    The low-resolution maps are quantised (gain ``1 + K`` with step 2/255,
+    offset ``255 B`` with step 2), resized as uint8 (ORT's integer NHWC
+    bilinear kernel) and applied as DQ -> Mul -> Q and DQ -> Add -> Q, which
+    ORT fuses into QLinearMul / QLinearAdd: every full-resolution tensor is
+    one byte per value. Costs up to ~2 levels of rounding per pixel.
+    """
+    from onnx import helper
+
+    keep_until = next(i for i, n in enumerate(nodes) if n.name == pre + "k")
+    nodes = nodes[:keep_until]
+    maps = nodes[-1].output[0] if nodes[-1].name.startswith(pre + "maps") else "maps"
+    inits = inits + [
+        _const(pre + "s_gain", np.array(GAIN_SCALE, np.float32)), _const(pre + "s_off", np.array(OFFSET_SCALE, np.float32)),
+        _const(pre + "zp_off", np.array(OFFSET_ZP, np.uint8)), _const(pre + "s_prod", np.array(PRODUCT_SCALE, np.float32)),
+        _const(pre + "unit", np.array(1.0, np.float32)), _const(pre + "c1", np.array([1], np.int64)),
+    ]
+    nodes += [
+        helper.make_node("Transpose", [maps], [pre + "m_nhwc"], perm=[0, 2, 3, 1], name=pre + "maps_nhwc"),
+        helper.make_node("Slice", [pre + "m_nhwc", pre + "g_start", pre + "g_end", pre + "axis_last"], [pre + "k"], name=pre + "k"),
+        helper.make_node("Slice", [pre + "m_nhwc", pre + "b_start", pre + "b_end", pre + "axis_last"], [pre + "b"], name=pre + "b"),
+        helper.make_node("Add", [pre + "k", pre + "unit"], [pre + "gain"], name=pre + "k_plus_1"),
+        helper.make_node("Mul", [pre + "b", pre + "s255"], [pre + "off"], name=pre + "b_255"),
+    ]
+    inits.append(_const(pre + "axis_last", np.array([3], np.int64)))
+    g, o = pre + "gain", pre + "off"
+    if bgr:
+        nodes += [helper.make_node("Gather", [g, pre + "rev"], [g + "_bgr"], axis=3, name=pre + "g_bgr"),
+                  helper.make_node("Gather", [o, pre + "rev"], [o + "_bgr"], axis=3, name=pre + "b_bgr")]
+        g, o = g + "_bgr", o + "_bgr"
+    resize = dict(mode="linear", coordinate_transformation_mode="half_pixel", nearest_mode="floor")
+    nodes += [
+        helper.make_node("QuantizeLinear", [g, pre + "s_gain", pre + "zp"], [pre + "g8"], name=pre + "q_gain"),
+        helper.make_node("QuantizeLinear", [o, pre + "s_off", pre + "zp_off"], [pre + "o8"], name=pre + "q_off"),
+        helper.make_node("Shape", ["image"], [pre + "size"], name=pre + "size"),
+        helper.make_node("Resize", [pre + "g8", "", "", pre + "size"], [pre + "G8"], name=pre + "resize_gain", **resize),
+        helper.make_node("Resize", [pre + "o8", "", "", pre + "size"], [pre + "O8"], name=pre + "resize_offset", **resize),
+        helper.make_node("DequantizeLinear", ["image", pre + "unit", pre + "zp"], [pre + "xf"], name=pre + "dq_image"),
+        helper.make_node("DequantizeLinear", [pre + "G8", pre + "s_gain", pre + "zp"], [pre + "Gf"], name=pre + "dq_gain"),
+        helper.make_node("Mul", [pre + "xf", pre + "Gf"], [pre + "xg"], name=pre + "apply_gain"),
+        helper.make_node("QuantizeLinear", [pre + "xg", pre + "s_prod", pre + "zp"], [pre + "xg8"], name=pre + "q_prod"),
+        helper.make_node("DequantizeLinear", [pre + "xg8", pre + "s_prod", pre + "zp"], [pre + "xgf"], name=pre + "dq_prod"),
+        helper.make_node("DequantizeLinear", [pre + "O8", pre + "s_off", pre + "zp_off"], [pre + "Of"], name=pre + "dq_off"),
+        helper.make_node("Add", [pre + "xgf", pre + "Of"], [pre + "j"], name=pre + "apply_offset"),
+        helper.make_node("QuantizeLinear", [pre + "j", pre + "unit", pre + "zp"], ["dehazed"], name=pre + "to_uint8"),
+    ]
+    return nodes, inits
 
 
 def reference_apply(image_u8: np.ndarray, maps: np.ndarray) -> np.ndarray:

@@ -289,3 +289,15 @@ def test_bench_cli_profile_on_a_fused_artifact(tiny, tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0
     assert "ORT profile" in out and "full resolution" in out and "Quantize/DequantizeLinear" in out
+
+
+def test_uint8_apply_variant_stays_within_a_few_levels(tiny):
+    """The measured alternative (uint8 maps, QLinearMul/QLinearAdd) is close to the float apply."""
+    from edgehaze.export.fused import export_core, fused_graph
+
+    model, _ = tiny
+    core = export_core(model)
+    img = np.random.default_rng(4).integers(0, 256, size=(1, 33, 45, 3), dtype=np.uint8)
+    a = _session(fused_graph(core)).run(["dehazed"], {"image": img})[0].astype(np.int16)
+    b = _session(fused_graph(core, apply="uint8")).run(["dehazed"], {"image": img})[0].astype(np.int16)
+    assert np.abs(a - b).max() <= 8 and np.abs(a - b).mean() < 1.5
