@@ -221,7 +221,7 @@ def test_profile_summary_from_tiny_model(tiny, tmp_path):
 
     _, fused = tiny
     trace = tmp_path / "trace.json"
-    s = profile_onnx(fused.SerializeToString(), (48, 64), runs=3, warmup=1, keep_trace=trace)
+    s = profile_onnx(fused.SerializeToString(), (48, 64), runs=3, warmup=1, keep_trace=trace, top=1000)
     assert s["runs"] == 3 and s["nodes"] > 10
     assert s["kernel_us_per_run"] > 0 and math.isfinite(s["kernel_us_per_run"])
     ops = {r["op"] for r in s["by_op"]}
@@ -263,7 +263,7 @@ def test_conv_stack_int8_is_fused_to_qlinearconv_and_ceiling_fraction():
 def test_pareto_two_tiny_points(tmp_path):
     from benchmarks.pareto import sweep
 
-    r = sweep(points=["edge-xs:4", "edge-xs:8"], steps=1, batch=1, crop=32, n_train=2, n_test=1, data_size=(32, 48),
+    r = sweep(points=["edge-xs:4", "edge-xs:8"], steps=1, batch=2, crop=32, n_train=2, n_test=1, data_size=(32, 48),
               sizes={"640x480": (32, 48), "1920x1080": (40, 64)}, rounds=1, threads=1, out=tmp_path, calib_n=1,
               progress=False, student_kwargs={"widths": [8, 8, 8, 8], "blocks": [1, 1, 1, 1]}, log=lambda m: None)
     assert [p["point"] for p in r["points"]] == ["edge-xs:4", "edge-xs:8"]
