@@ -23,7 +23,6 @@ machine's load: the report records ``os.getloadavg()`` next to them.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -199,24 +198,11 @@ def run_stream(model_path: Path, video: Path, threads: int = 2, output: str = "n
 
 
 # --------------------------------------------------------------------------- teacher
-@contextlib.contextmanager
-def _random_teacher_weights():
-    """Let DAv2-L be built with random weights (timing only; the weights are never used for output)."""
-    import edgehaze.models.depth.dav2 as dav2
-
-    saved = dav2._check_weights
-    dav2._check_weights = lambda release, weights: None
-    try:
-        yield
-    finally:
-        dav2._check_weights = saved
-
-
 def teacher_model(name: str = "dav2-l"):  # type: ignore[no-untyped-def]
+    """The teacher's architecture with random weights (``random_init``): timing only."""
     from edgehaze import build_dehazer
 
-    with _random_teacher_weights():
-        return build_dehazer("edge-s", depth=name, fusion="full").eval()
+    return build_dehazer("edge-s", depth=name, fusion="full", depth_kwargs={"random_init": True}).eval()
 
 
 # --------------------------------------------------------------------------- the report
