@@ -632,7 +632,7 @@ def write_report(demo: "Demo") -> Dict[str, Any]:
 
     verdict, gains = _verdict(rows)
     stages = {name: {k: rec.get(k) for k in ("wall_s", "cpu_s", "status")}
-              for name, rec in demo.state["stages"].items()}
+              for name, rec in demo.state["stages"].items() if name != "report"}
     total = sum(v.get("wall_s") or 0.0 for v in stages.values())
     report = {
         "mode": "quick" if demo.quick else "full",
@@ -693,6 +693,12 @@ def _markdown(r: Dict[str, Any]) -> str:
         "it has stage 1's latency.",
         "",
         "**Verdict.** " + (r["verdict"] or "not enough results for a verdict."),
+        "",
+        f"Scale: backbone `{r['sizes']['backbone']}`, fusion `{r['sizes']['fusion']}` at every fusion point. The "
+        "demo's depth teacher is a small stand-in trained here, so the student is not much smaller or faster than "
+        "it; Depth Anything V2-L has ~335 M parameters. Time the real teacher against the student with "
+        "`edgehaze bench --teacher dav2-l --depth-weights depth_anything_v2_vitl.pth --checkpoint "
+        "distill/student.safetensors`.",
         "",
     ]
     td = r.get("teacher_depth") or {}
