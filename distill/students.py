@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgehaze.errors import CheckpointError, ConfigError
+from edgehaze.models.backbones.edge import ResidualBlock as ResBlock
+from edgehaze.models.backbones.edge import conv_bn_relu
 from edgehaze.models.contracts import DepthProvider
 from edgehaze.models.registries import DEPTH_MODELS
 
@@ -41,27 +43,6 @@ from edgehaze.models.registries import DEPTH_MODELS
 STUDENT_LICENSE = "edgehaze (trained here)"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
-
-
-class ResBlock(nn.Module):
-    """conv-BN-ReLU-conv-BN plus the input, then ReLU (all dense 3x3)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv1 = conv_bn_relu(channels, channels)
-        self.conv2 = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels))
-        self.act = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(x + self.conv2(self.conv1(x)))
 
 
 def _up_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
