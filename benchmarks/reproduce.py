@@ -451,6 +451,35 @@ class Reproduction:
             out[split] = {m: float(summary["metrics"][m]) for m in (*METRICS, "psnr_hazy") if m in summary["metrics"]}
         return out
 
+    def depth_effect(self, seed: int, name: str) -> float:
+        """How much a trained fused model uses its depth branch (8-bit grey levels).
+
+        Mean absolute change of the output on the procedural test images when
+        the depth features are replaced by zeros. Zero-convolutions start the
+        branch shut; a value near 0 means it is still (nearly) shut, and the
+        row's PSNR differences then come from the backbone's fine-tuning, not
+        from depth.
+        """
+        import torch
+
+        from edgehaze.checkpoint import load_dehazer
+
+        folder = self.run_dir(seed, name)
+        path = folder / "student.safetensors" if ROWS[name].kind == "student" else folder / "fused" / "last.safetensors"
+        model, _ = load_dehazer(path)
+        model.eval()
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for i in range(len(self._dataset("procedural"))):
+                hazy, _gt = self._dataset("procedural").load_pair(i)
+                x = torch.from_numpy(hazy).permute(2, 0, 1)[None].float()
+                feats = model.depth_features(x)
+                y = model(x, depth_feats=feats).clamp(0, 1)
+                y0 = model(x, depth_feats=[torch.zeros_like(f) for f in feats]).clamp(0, 1)
+                total += float((y - y0).abs().mean()) * 255.0
+                count += 1
+        return total / max(1, count)
+
     def splits(self) -> List[str]:
         return ["procedural"] + (["sots"] if self.sots is not None else [])
 
@@ -484,7 +513,11 @@ class Reproduction:
         folder = self.run_dir(seed, name)
         done = folder / "result.json"
         if done.is_file():
-            return json.loads(done.read_text(encoding="utf-8"))
+            result = json.loads(done.read_text(encoding="utf-8"))
+            if "depth_effect" not in result and row.kind in ("fused", "student"):  # runs from before this measure
+                result["depth_effect"] = self.depth_effect(seed, name)
+                _write_json(done, result)
+            return result
         splits = self.splits()
         t0, c0 = time.perf_counter(), time.process_time()
         rows: Dict[str, Any] = {}
@@ -522,6 +555,8 @@ class Reproduction:
                 # static-size graphs (the windowed CFE attention exports at a fixed size): procedural only
                 rows["onnx-fp32"] = self.evaluate(folder / "student-fp32.onnx", folder / "fp32", ["procedural"])
                 rows["onnx-int8"] = self.evaluate(folder / "student-int8.onnx", folder / "int8", ["procedural"])
+        if row.kind in ("fused", "student"):
+            extra["depth_effect"] = self.depth_effect(seed, name)
         result = {"seed": seed, "run": name, "rows": rows, "wall_s": time.perf_counter() - t0,
                   "cpu_s": time.process_time() - c0, "steps": self.budget.steps, "config": config, **extra}
         _write_json(done, result)
@@ -607,6 +642,9 @@ def build_results(runs: List[Dict[str, Any]], budget: Budget, seeds: Sequence[in
                     entry[split] = {m: summarise(vs) for m, vs in vals.items()}
                     entry[split]["seeds"] = sorted(int(r["seed"]) for r in runs
                                                    if ((r["rows"].get(row) or {}).get(split)))
+            effects = [r["depth_effect"] for r in runs if r.get("run") == run_name and r.get("depth_effect") is not None]
+            if effects and row == run_name:
+                entry["depth_effect"] = summarise(effects)
             table[row] = entry
     checks: List[Dict[str, Any]] = []
     for split in splits:
@@ -668,7 +706,9 @@ def markdown(r: Dict[str, Any]) -> str:
                   f"{tq['clear']['pearson']:.3f} (clear), AbsRel {tq['hazy']['abs_rel']:.3f} (hazy).", ""]
     for split in r["splits"]:
         label = {"procedural": "Procedural test split", "sots": f"SOTS-indoor (30 real pairs, {r.get('sots')})"}[split]
-        lines += [f"## {label}", "", "| row | table | seeds | PSNR | SSIM | PSNR-Y |", "|---|---|---:|---|---|---|"]
+        effect_col = split == "procedural"
+        lines += [f"## {label}", "", "| row | table | seeds | PSNR | SSIM | PSNR-Y |" + (" depth effect |" if effect_col else ""),
+                  "|---|---|---:|---|---|---|" + ("---|" if effect_col else "")]
         hazy = None
         for row, entry in r["table"].items():
             cell = entry.get(split)
@@ -676,12 +716,17 @@ def markdown(r: Dict[str, Any]) -> str:
                 continue
             table = next((x.table for x in ROWS.values() if row in RESULT_ROWS[x.name]), "")
             lines.append(f"| `{row}` {entry['title']} | {table} | {len(cell.get('seeds', []))} | "
-                         f"{_fmt(cell.get('psnr'), 2)} | {_fmt(cell.get('ssim'), 4)} | {_fmt(cell.get('psnr_y'), 2)} |")
+                         f"{_fmt(cell.get('psnr'), 2)} | {_fmt(cell.get('ssim'), 4)} | {_fmt(cell.get('psnr_y'), 2)} |"
+                         + (f" {_fmt(entry.get('depth_effect'), 3)} |" if effect_col else ""))
         for run in r["runs"]:
             for metrics in run["rows"].values():
                 hazy = hazy or (metrics.get(split) or {}).get("psnr_hazy")
         if hazy is not None:
             lines += ["", f"Hazy input (no model): PSNR {hazy:.2f} dB."]
+        if effect_col:
+            lines += ["", "Depth effect: mean absolute change of the output (8-bit grey levels) on these test "
+                      "images when the model's depth features are replaced by zeros; near 0 = the depth branch is "
+                      "(still) shut and the row differs from RGB-only only through its backbone fine-tuning."]
         lines.append("")
     if r.get("missing_runs"):
         lines += ["Runs not finished (their rows have fewer seeds or are absent): "

@@ -125,6 +125,8 @@ def test_quick_end_to_end_and_resume(tmp_path):
     for row in ("rgb", "full"):
         rec = json.loads((out / "seed0" / row / "result.json").read_text())
         assert rec["config"]["seed"] == 0 and (out / "seed0" / row / "run.log").is_file()
+    assert math.isfinite(json.loads((out / "seed0" / "full" / "result.json").read_text())["depth_effect"])
+    assert "depth effect" in md
     # resumable: nothing finished is redone
     stamp = (out / "seed0" / "full" / "result.json").stat().st_mtime_ns
     assert R.main(args) == 0
