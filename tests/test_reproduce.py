@@ -106,7 +106,7 @@ def test_a_folder_is_only_resumed_with_the_same_budget(tmp_path):
 
 
 # ---------------------------------------------------------------- end to end
-@pytest.mark.slow
+# ~7 s on an idle 2-core machine (~30 s under heavy load): not marked slow
 def test_quick_end_to_end_and_resume(tmp_path):
     out = tmp_path / "repro"
     args = ["--out", str(out), "--quick", "--steps", "2", "--only", "rgb", "full", "--no-progress"]
