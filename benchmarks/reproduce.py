@@ -761,6 +761,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/reproduce", help="output folder (resumable; default runs/reproduce)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default 0 1 2; --quick: 0)")
     p.add_argument("--steps", type=int, default=None, help=f"steps per stage (default {DEFAULT.steps})")
+    p.add_argument("--stage2-lr", type=float, default=None,
+                   help=f"learning rate of the extra steps after stage 1, the same for every row (default {DEFAULT.lr_stage2})")
     p.add_argument("--sots", default=None, help="SOTS-indoor folder (hazy/, gt/) for real test pairs; "
                                                 "default $EDGEHAZE_SHARED/data/sots_indoor if set")
     p.add_argument("--only", nargs="+", default=None, metavar="ROW",
@@ -782,6 +784,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.steps < 1:
                 raise ConfigError(f"--steps must be >= 1, got {args.steps}")
             budget = replace(budget, steps=args.steps)
+        if args.stage2_lr is not None:
+            if not args.stage2_lr > 0:
+                raise ConfigError(f"--stage2-lr must be > 0, got {args.stage2_lr}")
+            budget = replace(budget, lr_stage2=args.stage2_lr)
         if args.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {args.threads}")
         budget = replace(budget, threads=args.threads)
