@@ -283,3 +283,19 @@ def test_two_process_gloo_ddp(tmp_path: Path, tiny_data: Path) -> None:
         assert (tmp_path / "run" / stage / "best.safetensors").is_file()
     rows = _log(tmp_path / "run")
     assert [(r["stage"], int(r["step"])) for r in rows] == [("rgb", 1), ("rgb", 2), ("rgb", 3), ("fused", 1), ("fused", 2), ("fused", 3)]
+
+
+def test_fusion_lr_scale_gives_the_fusion_blocks_their_own_rate():
+    """`fused.fusion_lr_scale` puts z1/rdf/z2 in a group at scale x lr."""
+    from edgehaze.models.dehazer import build_dehazer
+    from edgehaze.train.teacher import configure_finetune, fusion_param_groups
+    from edgehaze.train.trainer import param_groups
+
+    model = build_dehazer(backbone="edge-xs", depth="tiny", depth_kwargs={"input_size": 28})
+    params = configure_finetune(model, "all")
+    groups = param_groups(fusion_param_groups(model, params, 10.0), 1e-3)
+    assert [g["lr"] for g in groups] == [1e-3, pytest.approx(1e-2)]
+    fusion = {id(p) for b in model.fused_blocks() for part in (b.z1, b.rdf, b.z2) for p in part.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == fusion
+    assert not fusion & {id(p) for p in groups[0]["params"]}
+    assert sum(len(g["params"]) for g in groups) == len(params)

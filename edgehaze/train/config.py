@@ -145,6 +145,10 @@ class StageConfig:
     init: checkpoint to start from (rgb: an edgehaze checkpoint of the bare
         backbone; fused: the stage-1 checkpoint when stage 1 is not run in
         the same command).
+    fusion_lr_scale: fused stage only: learning-rate factor for the fusion
+        blocks (z1/rdf/z2). The zero-initialised branch opens slowly; a
+        factor > 1 lets it contribute within a short budget while the
+        pretrained backbone keeps its own rate. 1 = the paper's recipe.
     """
 
     steps: int = 1000
@@ -155,6 +159,7 @@ class StageConfig:
     restart_mult: int = 1
     finetune: str = "all"
     init: Optional[str] = None
+    fusion_lr_scale: float = 1.0
 
 
 @dataclass
@@ -206,6 +211,8 @@ class TrainConfig:
             _positive(stage.steps, f"{name}.steps", where)
             if stage.restart_every < 0 or stage.restart_mult < 1:
                 raise ConfigError(f"{where}: '{name}.restart_every' must be >= 0 and 'restart_mult' >= 1")
+            if not stage.fusion_lr_scale > 0:
+                raise ConfigError(f"{where}: '{name}.fusion_lr_scale' must be > 0, got {stage.fusion_lr_scale}")
         if self.rgb.finetune != "all":
             raise ConfigError(f"{where}: 'rgb.finetune' must be 'all' (freezing applies to the fused stage)")
         t = self.train

@@ -107,6 +107,16 @@ def stage1_state_from_checkpoint(path: str, cfg: TrainConfig) -> Dict[str, torch
 
 
 # ---------------------------------------------------------------- freezing
+def fusion_param_groups(model: nn.Module, params: List[nn.Parameter], scale: float) -> List[dict]:
+    """Split ``params`` into the fusion blocks' (at ``scale`` x lr) and the rest."""
+    fusion_ids = {
+        id(p) for block in model.fused_blocks() for part in FUSION_PARTS for p in getattr(block, part).parameters()
+    }
+    fusion = [p for p in params if id(p) in fusion_ids]
+    rest = [p for p in params if id(p) not in fusion_ids]
+    return [g for g in ({"params": rest}, {"params": fusion, "lr_scale": scale}) if g["params"]]
+
+
 def configure_finetune(model: nn.Module, mode: str) -> List[nn.Parameter]:
     """Set ``requires_grad`` for the fused stage's mode; returns what trains.
 
@@ -333,6 +343,8 @@ def _run(cfg: TrainConfig, resume: bool, ctx: DistContext) -> Dict[str, StageRes
             stage1, source = _stage1_for_fused(cfg, previous)
             model = build_fused_model(cfg, stage1, source)
             params = configure_finetune(model, stage_cfg.finetune)
+            if stage_cfg.fusion_lr_scale != 1.0:
+                params = fusion_param_groups(model, params, stage_cfg.fusion_lr_scale)
             if cfg.train.depth_cache and model.depth is not None and not model.depth.trainable:
                 cache = DepthFeatureCache(run_dir / "depth_cache", model.depth, train_set)
         trainer = Trainer(

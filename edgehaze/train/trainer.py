@@ -15,6 +15,9 @@ Reuse points (``edgehaze distill`` plugs in here):
   a scalar tensor; ``terms`` maps names to floats for the logs.
 * ``params``: what the optimiser updates (default: every parameter with
   ``requires_grad``). Freeze by setting ``requires_grad`` before building.
+  Parameter groups are dicts ``{"params": [...], "lr_scale": s}``: each
+  group trains at ``s`` times the stage's learning rate (the schedule
+  scales every group alike).
 * ``validate_fn(model) -> {metric: value}``: run on rank 0, in eval mode,
   under ``no_grad``, with EMA weights swapped in when EMA is on. The metric
   named by ``train.metric`` picks the best checkpoint (higher is better).
@@ -83,11 +86,23 @@ def load_dehazer_file(path: Path, model: nn.Module) -> None:
     load_model_state(model, load_file(str(path)), str(path))
 
 
-def make_optimizer(params: List[nn.Parameter], lr: float, cfg: TrainSection) -> torch.optim.Optimizer:
+def param_groups(params: List[Any], lr: float) -> List[Dict[str, Any]]:
+    """Trainable parameter groups from parameters or ``{"params", "lr_scale"}`` dicts."""
+    raw = list(params)
+    groups = raw if raw and isinstance(raw[0], dict) else [{"params": raw}]
+    out = []
+    for g in groups:
+        ps = [p for p in g["params"] if p.requires_grad]
+        if ps:
+            out.append({"params": ps, "lr": lr * float(g.get("lr_scale", 1.0))})
+    return out
+
+
+def make_optimizer(groups: List[Dict[str, Any]], lr: float, cfg: TrainSection) -> torch.optim.Optimizer:
     """AdamW (decoupled weight decay), as DehazeFormer and the paper train."""
-    if not params:
+    if not groups:
         raise EdgehazeError("nothing to train: every parameter is frozen (check the stage's finetune mode)")
-    return torch.optim.AdamW(params, lr=lr, betas=(cfg.betas[0], cfg.betas[1]), weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, betas=(cfg.betas[0], cfg.betas[1]), weight_decay=cfg.weight_decay)
 
 
 def make_scheduler(opt: torch.optim.Optimizer, stage: StageConfig) -> torch.optim.lr_scheduler.LRScheduler:
@@ -168,9 +183,10 @@ class Trainer:
         self.record = dict(record or {})
         self.log_dir = Path(log_dir) if log_dir is not None else self.stage_dir
 
-        self.params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
         lr = schedule.lr if schedule.lr is not None else train.lr
-        self.opt = make_optimizer(self.params, lr, train)
+        groups = param_groups(params if params is not None else model.parameters(), lr)
+        self.params = [p for g in groups for p in g["params"]]
+        self.opt = make_optimizer(groups, lr, train)
         self.sched = make_scheduler(self.opt, schedule)
         self.amp_dtype = resolve_amp(train.amp, ctx.device)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.amp_dtype == torch.float16)
