@@ -264,17 +264,17 @@ def _logged(path: Path) -> Iterator[None]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    from edgehaze.checkpoint import atomic_write_bytes
+    from edgehaze.fsutil import atomic_write
 
     text = json.dumps(obj, indent=2, default=str).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, lambda tmp: Path(tmp).write_bytes(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(text))
 
 
 def _write_text(path: Path, text: str) -> None:
-    from edgehaze.checkpoint import atomic_write_bytes
+    from edgehaze.fsutil import atomic_write
 
-    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def _last(stage_dir: Path) -> Path:

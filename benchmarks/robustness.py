@@ -619,9 +619,9 @@ def write_report(results: Sequence[Result], out: Path, corpus_notes: dict) -> di
         row[r.outcome] += 1
     payload = {"summary": summary, "by_command": by_cmd, "corpus": corpus_notes,
                "cells": [asdict(r) for r in results]}
-    from edgehaze.checkpoint import atomic_write_bytes
+    from edgehaze.fsutil import atomic_write
 
-    atomic_write_bytes(out / "robustness.json",
+    atomic_write(out / "robustness.json",
                        lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
     lines = ["# Robustness matrix", "",
              f"Cells tried: **{summary['tried']}** — handled **{summary['handled']}**, clean errors "
@@ -642,7 +642,7 @@ def write_report(results: Sequence[Result], out: Path, corpus_notes: dict) -> di
         for r in failures:
             lines += [f"### {r.id}", "", f"`{r.shell}`", "", f"{r.reason}", "", "```", r.output[-1500:].strip(), "```", ""]
     text = "\n".join(lines) + "\n"
-    atomic_write_bytes(out / "report.md",
+    atomic_write(out / "report.md",
                        lambda tmp: Path(tmp).write_bytes(text.encode("utf-8", "backslashreplace")))
     return summary
 

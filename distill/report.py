@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from edgehaze.checkpoint import atomic_write_bytes
+from edgehaze.fsutil import atomic_write
 
 
 def params_of(model: nn.Module) -> Dict[str, int]:
@@ -188,6 +188,6 @@ def write_report(run_dir: "str | Path", report: Dict[str, Any]) -> Dict[str, Pat
     paths = {"json": run_dir / "report.json", "md": run_dir / "report.md"}
     text_json = json.dumps(report, indent=2, sort_keys=False, default=float) + "\n"
     text_md = render_markdown(report)
-    atomic_write_bytes(paths["json"], lambda tmp: Path(tmp).write_text(text_json, encoding="utf-8"))
-    atomic_write_bytes(paths["md"], lambda tmp: Path(tmp).write_text(text_md, encoding="utf-8"))
+    atomic_write(paths["json"], lambda tmp: Path(tmp).write_text(text_json, encoding="utf-8"))
+    atomic_write(paths["md"], lambda tmp: Path(tmp).write_text(text_md, encoding="utf-8"))
     return paths

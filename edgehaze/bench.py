@@ -301,11 +301,11 @@ def markdown_table(rows: Sequence[Dict[str, Any]], notes: Sequence[str] = ()) ->
 
 def write_json(path: "str | Path", data: Dict[str, Any]) -> Path:
     """Write the bench result atomically."""
-    from edgehaze.checkpoint import atomic_write_bytes
+    from edgehaze.fsutil import atomic_write
 
     text = json.dumps(data, indent=2, default=str).encode()
     path = Path(path)
-    atomic_write_bytes(path, lambda tmp: Path(tmp).write_bytes(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(text))
     return path
 
 

@@ -38,11 +38,6 @@ DEPTH_LICENSES = {
 }
 
 
-#: kept for callers written against the first version; prefer
-#: :func:`edgehaze.fsutil.atomic_write` (same ``write(tmp_path)`` callback).
-atomic_write_bytes = atomic_write
-
-
 def provenance_of(model: "torch.nn.Module") -> Dict[str, Any]:
     """Teacher id and licence of a dehazer's depth branch (or its teacher's)."""
     depth = getattr(model, "depth", None)

@@ -218,12 +218,12 @@ class Demo:
         return {"stages": {}}
 
     def save_state(self) -> None:
-        from edgehaze.checkpoint import atomic_write_bytes
+        from edgehaze.fsutil import atomic_write
 
         self.state["mode"] = "quick" if self.quick else "full"
         self.state["sizes"] = asdict(self.sizes)
         text = json.dumps(self.state, indent=2, default=str).encode()
-        atomic_write_bytes(self.state_path, lambda tmp: Path(tmp).write_bytes(text))
+        atomic_write(self.state_path, lambda tmp: Path(tmp).write_bytes(text))
 
     def result(self, stage: str) -> Dict[str, Any]:
         return (self.state["stages"].get(stage) or {}).get("result") or {}
@@ -288,7 +288,7 @@ class Demo:
 
 
 def _stage_data(demo: Demo) -> Dict[str, Any]:
-    from edgehaze.checkpoint import atomic_write_bytes
+    from edgehaze.fsutil import atomic_write
     from edgehaze.data.procedural import make_procedural_dataset
 
     s = demo.sizes
@@ -297,14 +297,14 @@ def _stage_data(demo: Demo) -> Dict[str, Any]:
     counts = make_procedural_dataset(demo.data, s.n_train, s.n_test, size=s.size, seed=0, progress=demo.progress)
     info = {"counts": counts, "size": list(s.size), "root": str(demo.data)}
     text = json.dumps(info, indent=2).encode()
-    atomic_write_bytes(demo.data / "done.json", lambda tmp: Path(tmp).write_bytes(text))
+    atomic_write(demo.data / "done.json", lambda tmp: Path(tmp).write_bytes(text))
     return info
 
 
 def _stage_teacher(demo: Demo) -> Dict[str, Any]:
     import torch
 
-    from edgehaze.checkpoint import atomic_write_bytes
+    from edgehaze.fsutil import atomic_write
     from edgehaze.demo_teacher import depth_quality, load_depth_split, load_teacher, pretrain_teacher
     from edgehaze.models.dehazer import build_depth
 
@@ -321,7 +321,7 @@ def _stage_teacher(demo: Demo) -> Dict[str, Any]:
           f"(random init {random['hazy']['pearson']:.3f}), AbsRel {trained['hazy']['abs_rel']:.3f} "
           f"(random init {random['hazy']['abs_rel']:.3f})")
     text = json.dumps(info, indent=2).encode()
-    atomic_write_bytes(demo.out / "teacher" / "quality.json", lambda tmp: Path(tmp).write_bytes(text))
+    atomic_write(demo.out / "teacher" / "quality.json", lambda tmp: Path(tmp).write_bytes(text))
     return info
 
 
@@ -570,7 +570,8 @@ def write_report(demo: "Demo") -> Dict[str, Any]:
     import torch
 
     from edgehaze.bench import bench_onnx, bench_torch, machine_info
-    from edgehaze.checkpoint import atomic_write_bytes, load_dehazer
+    from edgehaze.checkpoint import load_dehazer
+    from edgehaze.fsutil import atomic_write
     from edgehaze.data.datasets import PairedDataset
     from edgehaze.data.evaluation import contact_sheet, depth_colour, evaluate
     from edgehaze.data.layouts import find_pairs
@@ -655,8 +656,8 @@ def write_report(demo: "Demo") -> Dict[str, Any]:
         "machine": machine_info(demo.threads),
     }
     md = _markdown(report)
-    atomic_write_bytes(demo.out / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2, default=str)))
-    atomic_write_bytes(demo.out / "report.md", lambda tmp: Path(tmp).write_text(md, encoding="utf-8"))
+    atomic_write(demo.out / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2, default=str)))
+    atomic_write(demo.out / "report.md", lambda tmp: Path(tmp).write_text(md, encoding="utf-8"))
     print(md)
     return {"report": str(demo.out / "report.md"), "verdict": verdict, "gains_db": gains}
 

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from edgehaze.checkpoint import atomic_write_bytes
+from edgehaze.fsutil import atomic_write
 
 FORMAT = "edgehaze-artifact"
 VERSION = 1
@@ -81,7 +81,7 @@ def write_sidecar(path: "str | Path", meta: Dict[str, Any]) -> Path:
         with open(tmp, "wb") as fh:
             fh.write(data)
 
-    atomic_write_bytes(path, write)
+    atomic_write(path, write)
     return Path(path)
 
 
@@ -109,5 +109,5 @@ def save_onnx(model: "onnx.ModelProto", path: "str | Path", meta: Optional[Dict[
 
     if meta is not None:
         embed_metadata(model, meta)
-    atomic_write_bytes(path, lambda tmp: onnx.save(model, tmp))
+    atomic_write(path, lambda tmp: onnx.save(model, tmp))
     return Path(path)

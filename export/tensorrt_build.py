@@ -40,7 +40,7 @@ def build_engine(
     used as the optimisation profile; every other input (depth features in
     a fuse graph) must then have static shapes.
     """
-    from edgehaze.checkpoint import atomic_write_bytes
+    from edgehaze.fsutil import atomic_write
 
     trt = _import("tensorrt")
     logger = trt.Logger(trt.Logger.WARNING)
@@ -71,7 +71,7 @@ def build_engine(
         with open(tmp, "wb") as fh:
             fh.write(bytes(serialized))
 
-    atomic_write_bytes(engine_path, write)
+    atomic_write(engine_path, write)
     return Path(engine_path)
 
 
@@ -84,7 +84,7 @@ def compile_torch_tensorrt(
     """``torch_tensorrt.compile`` of the uint8 graph, saved as TorchScript."""
     import torch
 
-    from edgehaze.checkpoint import atomic_write_bytes
+    from edgehaze.fsutil import atomic_write
 
     torch_trt = _import("torch_tensorrt")
     if not torch.cuda.is_available():
@@ -95,7 +95,7 @@ def compile_torch_tensorrt(
         max_shape=tuple(shape_ranges["max"]), dtype=torch.uint8,
     )
     compiled = torch_trt.compile(graph.cuda().eval(), ir="ts", inputs=[spec], enabled_precisions=dtypes)
-    atomic_write_bytes(out_path, lambda tmp: torch.jit.save(compiled, tmp))
+    atomic_write(out_path, lambda tmp: torch.jit.save(compiled, tmp))
     return Path(out_path)
 
 

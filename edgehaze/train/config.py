@@ -446,14 +446,14 @@ def save_config(path: Union[str, Path], cfg: Any) -> None:
     """Write the resolved config as YAML (atomically) for the run's record."""
     import yaml
 
-    from edgehaze.checkpoint import atomic_write_bytes
+    from edgehaze.fsutil import atomic_write
 
     text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
     def write(tmp: str) -> None:
         Path(tmp).write_text(text, encoding="utf-8")
 
-    atomic_write_bytes(path, write)
+    atomic_write(path, write)
 
 
 def replace(cfg: T, **changes: Any) -> T:

@@ -12,7 +12,7 @@ import io
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from edgehaze.checkpoint import atomic_write_bytes
+from edgehaze.fsutil import atomic_write
 
 _TB_NOTE_SHOWN = False
 
@@ -41,7 +41,7 @@ class CsvLog:
         for row in rows:
             writer.writerow(row)
         data = buf.getvalue().encode("utf-8")
-        atomic_write_bytes(self.path, lambda tmp: Path(tmp).write_bytes(data))
+        atomic_write(self.path, lambda tmp: Path(tmp).write_bytes(data))
         self.header = header
 
     def append(self, row: Dict[str, Any]) -> None:

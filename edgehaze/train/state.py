@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgehaze.checkpoint import atomic_write_bytes
+from edgehaze.fsutil import atomic_write
 from edgehaze.errors import CheckpointError
 
 STATE_FORMAT = "edgehaze-train-state"
@@ -69,7 +69,7 @@ def seed_everything(seed: int) -> None:
 def save_state(path: Union[str, Path], state: Dict[str, Any]) -> None:
     """Write a training-state dict atomically (``torch.save``)."""
     payload = {"format": STATE_FORMAT, **state}
-    atomic_write_bytes(path, lambda tmp: torch.save(payload, tmp))
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_state(path: Union[str, Path]) -> Dict[str, Any]:

@@ -178,7 +178,7 @@ class DepthFeatureCache:
         """The batch's features (float32, on the batch's device), computing misses."""
         from safetensors.torch import load_file, save_file
 
-        from edgehaze.checkpoint import atomic_write_bytes
+        from edgehaze.fsutil import atomic_write
 
         hazy = batch["hazy"]
         indices = [int(i) for i in batch["index"]]
@@ -200,7 +200,7 @@ class DepthFeatureCache:
                 levels = [f[row].detach().to(torch.float16).cpu().contiguous() for f in feats]
                 per_image[j] = levels
                 state = {f"level{k}": t for k, t in enumerate(levels)}
-                atomic_write_bytes(self._file(indices[j]), lambda tmp, s=state: save_file(s, tmp))
+                atomic_write(self._file(indices[j]), lambda tmp, s=state: save_file(s, tmp))
         n_levels = len(per_image[0])  # type: ignore[arg-type]
         return [
             torch.stack([img[k] for img in per_image]).to(device=hazy.device, dtype=torch.float32)  # type: ignore[index]
