@@ -9,8 +9,9 @@ person optimising the edge pipeline asks:
 * time per op type (Conv vs QLinearConv vs Resize vs Mul ...);
 * time in ``QuantizeLinear``/``DequantizeLinear`` nodes (the cost of the
   float<->int8 boundaries INT8 adds);
-* time at *full resolution* (a node whose output has the frame's H and W as
-  two of its dimensions: the apply step, the uint8 conversions) vs *low
+* time at *full resolution* (a node whose output has the frame's H and W,
+  possibly padded to whole cells, as two of its dimensions: the apply step,
+  the uint8 conversions) vs *low
   resolution* (everything else: the network proper).
 
 ``summarise_profile(path, frame_hw)`` works on any saved ORT profile;
@@ -40,12 +41,20 @@ def _shape_of(args: Dict[str, Any]) -> List[int]:
     return []
 
 
+#: a graph may pad the frame to whole cells of its internal scale; padded sides count as full resolution
+MAX_PAD = 64
+
+
+def _near(d: int, size: int) -> bool:
+    return size <= d < size + MAX_PAD
+
+
 def is_full_resolution(shape: Sequence[int], frame_hw: Tuple[int, int]) -> bool:
-    """True when the frame's H and W both appear (in order) among the shape's dims."""
+    """True when the frame's H and W (or both padded by less than ``MAX_PAD``) appear in order among the dims."""
     h, w = frame_hw
     dims = list(shape)
     for i in range(len(dims) - 1):
-        if dims[i] == h and w in dims[i + 1:]:
+        if _near(dims[i], h) and any(_near(d, w) for d in dims[i + 1:]):
             return True
     return False
 

@@ -1,28 +1,39 @@
 """The fused full-resolution graph for correction-map backbones (``edge-*``).
 
-A correction-map dehazer does almost nothing at full resolution - it
-upsamples six smooth maps and applies ``J = K*I + B + I`` - yet the plain
-export (``graphs.FullGraph``) spends a dozen full-resolution float passes on
-it: Cast, /255, NHWC->NCHW transpose, the 6-channel Resize, two Slices,
-Mul, Add, Add, Clip, *255, Round, Cast, NCHW->NHWC transpose. At 1080p each
-pass moves 25-50 MB, which is most of the frame time.
+A correction-map dehazer does almost nothing at full resolution: it pools
+the frame for its low-resolution network, upsamples six smooth maps and
+applies ``J = K*I + B + I``. The plain export (``graphs.FullGraph``) spends
+a dozen full-resolution float passes on that (Cast, /255, transposes,
+AveragePool, a 6-channel Resize, Slices, Mul, Add, Add, Clip, *255, Round,
+Cast, transpose), and ONNX Runtime's bilinear Resize alone costs ~2 ns per
+output value on this CPU (~13 ms for six 1080p maps). This module builds the
+same function from the ops ORT runs near memory speed::
 
-This module builds the same function with the fewest full-resolution ops,
-all in the frame's own NHWC layout::
+    image (uint8 NHWC) -Transpose (bytes)-> NCHW -Pad (bytes, to multiples of s)->
+        -DequantizeLinear(1/255)-> x01p (float, [0, 1], zero-padded)
+    x01p -Reshape, ReduceSum, ReduceSum, x 1/count (low res)-> x_low   (the pooling, as the model does it)
+    x_low -core (the network, INT8 or float)-> maps (1 x 6 x h x w)
+    maps -x255, +255, edge Pad, 3-tap stack, MatMul (w -> W: 3 x s weights)->
+        -3-tap stack, MatMul (h -> H: s x 3 weights)-> G = 255 (1 + K), B = 255 B at full size
+    QuantizeLinear(x01p * G + B, scale 1)  (clamp, round half to even, cast in one pass)
+        -Slice (crop the padding, bytes)-> -Transpose (bytes)-> dehazed (uint8 NHWC)
 
-    image (uint8 NHWC) --Transpose (bytes)--> NCHW --DequantizeLinear(1/255)--> x01 (float, [0, 1])
-    x01 --core (AvgPool by scale, the network)--> maps (1x6xhxw, low res)
-    maps --Slice, +1, *255 (low res)--> g = 255 (1 + K), b = 255 B   (1 x 3 x h x w each)
-    G = Resize(g, sizes=Shape(x01)), B = Resize(b, sizes=Shape(x01))   (bilinear, half-pixel)
-    QuantizeLinear(x01 * G + B, scale 1, zero point 0)   (round half to even, saturate to 0..255)
-      --Transpose (bytes)--> dehazed (uint8 NHWC)
+Bilinear upsampling by an integer factor ``s`` (half-pixel centres) is a
+3-tap filter whose weights depend only on the position inside a cell, so
+each direction is one batched matrix product with K = 3 over the
+edge-padded maps: exact, and 4-5x faster than ORT's Resize here
+(benchmarks/README.md). The pooling is a reshape and two reductions over
+the zero-padded frame, divided by each cell's count of real pixels (ceil
+mode without padding, as ``F.avg_pool2d(ceil_mode=True,
+count_include_pad=False)``). Frames whose sides are not multiples of ``s``
+are padded with zeros as bytes and cropped as bytes; the function is
+:func:`edgehaze.models.backbones.edge.apply_correction` at every size.
 
-(``layout="nhwc"`` applies in the frame's layout instead; measured slower.)
-
-``QuantizeLinear`` does the clamp, the rounding and the cast in one
-vectorised pass, ``DequantizeLinear`` the cast and the /255. The core is a
-separately exported ONNX graph (optionally INT8 by ORT static quantisation of
-its convolutions), spliced in unchanged.
+The core is exported separately (:func:`export_core`; optionally INT8 by
+ORT static quantisation, :func:`quantize_core`) with the pooling taken out
+(:func:`prepooled`), so no quantised op ever sees a full-resolution tensor.
+BGR frames are handled at low resolution (the pooled input and the maps are
+reordered), never by a full-resolution gather.
 
 ``internal_scale(model, s)`` gives a copy whose backbone (and CNN student)
 works at ``1/s`` of the frame: the way a 1080p stream keeps the network's
@@ -31,17 +42,18 @@ cost near that of a 640x480 frame.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import tempfile
 import warnings
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
 #: op types the INT8 core quantises by default (the ones that pay, see benchmarks/README.md)
 DEFAULT_QUANT_OPS = ("Conv", "Relu", "Add")
-#: where the full-resolution apply runs ("nhwc" or "nchw"; see fused_graph)
-DEFAULT_LAYOUT = "nchw"
+#: metadata keys a core carries so that :func:`fused_graph` knows how to wrap it
+META_SCALE, META_PREPOOL = "edgehaze.fused.scale", "edgehaze.fused.prepool"
 
 
 def internal_scale(model: "torch.nn.Module", scale: int) -> "torch.nn.Module":  # noqa: F821
@@ -64,23 +76,100 @@ def internal_scale(model: "torch.nn.Module", scale: int) -> "torch.nn.Module":  
     return m
 
 
-def export_core(model: "torch.nn.Module", trace_hw: Tuple[int, int] = (96, 128), opset: int = 17) -> "onnx.ModelProto":  # noqa: F821
-    """The low-resolution part alone: ``x01`` (1x3xHxW float, dynamic) -> ``maps`` (1x6xhxw)."""
+def prepool_factor(model: "torch.nn.Module") -> int:  # noqa: F821
+    """How much of the model's input pooling can move out of the core: ``scale`` or 1.
+
+    The backbone pools the frame by ``scale``; a CNN student pools it by
+    ``pool``. When ``pool`` is a multiple of ``scale`` (or there is no depth
+    branch) the whole network can take the frame pooled once by ``scale``,
+    outside the core. Otherwise (a depth model that needs the full frame, such
+    as a DAv2 teacher) the core takes the full frame (factor 1).
+    """
+    s = int(model.backbone.scale)
+    d = model.depth
+    if s <= 1:
+        return 1
+    if d is None:
+        return s
+    pool = getattr(d, "pool", None)
+    return s if isinstance(pool, int) and pool % s == 0 else 1
+
+
+def prepooled(model: "torch.nn.Module", factor: int) -> "torch.nn.Module":  # noqa: F821
+    """A copy whose network takes its input already average-pooled by ``factor``.
+
+    Same numbers as ``model`` on the pooled input (the backbone's and the
+    student's first op is that same ceil-mode average pool); only the
+    pooling moves out (into the fused graph, where it is a cheap reduction).
+    """
+    m = copy.deepcopy(model)
+    if factor == 1:
+        return m
+    if m.backbone.scale % factor:
+        raise ValueError(f"prepool {factor} does not divide the backbone scale {m.backbone.scale}")
+    m.backbone.scale //= factor
+    d = m.depth
+    if d is not None:
+        if not hasattr(d, "pool") or d.pool % factor:
+            raise ValueError(f"prepool {factor}: the depth branch cannot take a pooled input")
+        d.pool //= factor  # feature_strides stay: they are nominal strides in frame pixels
+    return m
+
+
+def pool_image(img: np.ndarray, factor: int) -> np.ndarray:
+    """H x W x C float image average-pooled by ``factor`` (ceil mode, partial cells average what they hold)."""
+    if factor == 1:
+        return img
+    rows, cols = np.arange(0, img.shape[0], factor), np.arange(0, img.shape[1], factor)
+    sums = np.add.reduceat(np.add.reduceat(img.astype(np.float64), rows, axis=0), cols, axis=1)
+    counts = np.minimum(factor, img.shape[0] - rows)[:, None] * np.minimum(factor, img.shape[1] - cols)[None, :]
+    return (sums / counts[..., None]).astype(np.float32)
+
+
+def export_core(model: "torch.nn.Module", trace_hw: Tuple[int, int] = (24, 32), opset: int = 17) -> "onnx.ModelProto":  # noqa: F821
+    """The network alone: ``x_low`` (1x3xhxw: the frame pooled by :func:`prepool_factor`) -> ``maps``."""
     from edgehaze.export.graphs import FloatCore, fold_batchnorm, has_correction_maps
 
     if not has_correction_maps(model):
         raise ValueError("the fused graph needs a correction-map backbone (edge-*)")
-    return export_core_module(FloatCore(fold_batchnorm(copy.deepcopy(model)).eval()).eval(), trace_hw, opset)
+    factor = prepool_factor(model)
+    core = FloatCore(prepooled(fold_batchnorm(copy.deepcopy(model)), factor)).eval()
+    hw = trace_hw if factor > 1 else (trace_hw[0] * 4, trace_hw[1] * 4)
+    return export_core_module(core, int(model.backbone.scale), factor, hw, opset)
 
 
-def export_core_module(core: "torch.nn.Module", trace_hw: Tuple[int, int] = (96, 128), opset: int = 17) -> "onnx.ModelProto":  # noqa: F821
-    """Export a ready core module (``FloatCore`` or NNCF's stripped QAT core): ``x01`` -> ``maps``."""
+def export_core_module(core: "torch.nn.Module", scale: int, prepool: int, trace_hw: Tuple[int, int] = (24, 32),  # noqa: F821
+                       opset: int = 17) -> "onnx.ModelProto":  # noqa: F821
+    """Export a ready core module (``FloatCore`` of a :func:`prepooled` model, or NNCF's stripped QAT core).
+
+    ``scale``: the maps' stride in frame pixels (the backbone's scale before
+    prepooling); ``prepool``: the factor the core's input is pooled by.
+    """
     import torch
 
     from edgehaze.export.onnx_export import export_module
 
     example = (torch.rand(1, 3, *trace_hw, generator=torch.Generator().manual_seed(0)),)
-    return inline_constant_identities(export_module(core.eval(), example, ["x01"], ["maps"], dynamic=True, opset=opset))
+    model = inline_constant_identities(export_module(core.eval(), example, ["x_low"], ["maps"], dynamic=True, opset=opset))
+    _set_meta(model, scale, prepool)
+    return model
+
+
+def _set_meta(model: "onnx.ModelProto", scale: int, prepool: int) -> None:  # noqa: F821
+    import onnx
+
+    keep = [p for p in model.metadata_props if p.key not in (META_SCALE, META_PREPOOL)]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in keep}, META_SCALE: str(scale), META_PREPOOL: str(prepool)})
+
+
+def core_meta(core: "onnx.ModelProto") -> Tuple[int, int]:  # noqa: F821
+    """``(scale, prepool)`` recorded on a core by :func:`export_core_module`."""
+    props = {p.key: p.value for p in core.metadata_props}
+    if META_SCALE not in props or META_PREPOOL not in props:
+        raise ValueError("this core carries no edgehaze.fused scale/prepool metadata; export it with export_core")
+    return int(props[META_SCALE]), int(props[META_PREPOOL])
 
 
 def inline_constant_identities(model: "onnx.ModelProto") -> "onnx.ModelProto":  # noqa: F821
@@ -111,16 +200,16 @@ def quantize_core(core: "onnx.ModelProto", calib01: Sequence[np.ndarray],  # noq
                   op_types: Sequence[str] = DEFAULT_QUANT_OPS) -> "onnx.ModelProto":  # noqa: F821
     """ORT static INT8 (QDQ; per-channel int8 weights, uint8 activations, MinMax) of the core.
 
-    ``calib01``: H x W x 3 float images in [0, 1] (8-bit values, as the
-    graph sees them). Only ``op_types`` are quantised; the full-resolution
-    AveragePool at the input is never quantised (a Q node there would be a
-    full-resolution pass).
+    ``calib01``: H x W x 3 float images in [0, 1] at frame resolution
+    (rounded to 8-bit values and pooled as the fused graph does before the
+    core sees them). Only ``op_types`` are quantised.
     """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    feeds = [{"x01": np.ascontiguousarray(np.transpose(np.rint(np.clip(c, 0, 1) * 255) / 255, (2, 0, 1))[None]
-                                           .astype(np.float32))} for c in calib01]
+    scale, prepool = core_meta(core)
+    feeds = [{"x_low": np.ascontiguousarray(np.transpose(pool_image(np.rint(np.clip(c, 0, 1) * 255) / 255, prepool),
+                                                         (2, 0, 1))[None].astype(np.float32))} for c in calib01]
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -138,116 +227,173 @@ def quantize_core(core: "onnx.ModelProto", calib01: Sequence[np.ndarray],  # noq
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             op_types_to_quantize=list(op_types),
                             extra_options={"ActivationSymmetric": False})
-        return onnx.load(dst)
+        out = onnx.load(dst)
+    _set_meta(out, scale, prepool)
+    return out
 
 
-def _const(name: str, value: np.ndarray) -> "onnx.TensorProto":  # noqa: F821
-    from onnx import numpy_helper
+class _Builder:
+    """Appends nodes and constants under the ``fused/`` prefix (names stay unique and readable)."""
 
-    return numpy_helper.from_array(np.asarray(value), name)
+    def __init__(self) -> None:
+        self.nodes: list = []
+        self.inits: list = []
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        self.inits.append(numpy_helper.from_array(np.asarray(value), "fused/" + name))
+        return "fused/" + name
+
+    def op(self, op_type: str, inputs: Sequence[str], name: str, **attrs) -> str:  # type: ignore[no-untyped-def]
+        from onnx import helper
+
+        out = "fused/" + name
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=out, **attrs))
+        return out
+
+    def rename_output(self, old: str, new: str) -> None:
+        """Give the last node producing ``old`` the graph-level name ``new``."""
+        for n in reversed(self.nodes):
+            if old in n.output:
+                n.output[list(n.output).index(old)] = new
+                return
+        raise KeyError(old)
 
 
-def fused_graph(core: "onnx.ModelProto", channel_order: str = "RGB", layout: str = DEFAULT_LAYOUT,
-                barrier: bool = True, apply: str = "float") -> "onnx.ModelProto":  # noqa: F821
-    """Wrap a core (``x01`` -> ``maps``) into ``image`` uint8 NHWC -> ``dehazed`` uint8 NHWC (module docstring).
+def upsample_weights(scale: int) -> np.ndarray:
+    """``scale x 3``: the bilinear (half-pixel) weights of cells ``i-1, i, i+1`` for each position in cell ``i``.
 
-    ``layout``: where the full-resolution apply runs. "nhwc": in the frame's
-    layout (DequantizeLinear on the frame, a float transpose feeds the core,
-    the maps are resized straight to H x W x 3); "nchw": the uint8 frame is
-    transposed (a byte-wide pass), dequantised once for both the core and
-    the apply (ORT's NCHW bilinear kernel), and the uint8 result transposed
-    back. Which is faster is measured (benchmarks/README.md).
+    Position ``b`` of a cell samples the map at ``i + d``, ``d = (b + 0.5) / scale - 0.5``
+    in ``(-0.5, 0.5)``: weight ``-d`` on the previous cell (``d < 0``), ``1 - |d|`` on its
+    own, ``d`` on the next (``d > 0``). With the maps edge-padded by one cell this
+    is exactly ``F.interpolate(scale_factor=scale, mode="bilinear", align_corners=False)``.
+    """
+    d = (np.arange(scale, dtype=np.float64) + 0.5) / scale - 0.5
+    return np.stack([np.maximum(0.0, -d), 1.0 - np.abs(d), np.maximum(0.0, d)], axis=1).astype(np.float32)
+
+
+def _stack3(b: _Builder, x: str, axis: int, name: str) -> str:
+    """``x`` (edge-padded by one along ``axis``) -> its three shifted views stacked on a new axis after ``axis``."""
+    ax = b.const(f"{name}_axis", np.array([axis], np.int64))
+    views = []
+    for k, (lo, hi) in enumerate(((0, -2), (1, -1), (2, np.iinfo(np.int64).max))):
+        v = b.op("Slice", [x, b.const(f"{name}_lo{k}", np.array([lo], np.int64)),
+                           b.const(f"{name}_hi{k}", np.array([hi], np.int64)), ax], f"{name}_tap{k}")
+        views.append(b.op("Unsqueeze", [v, b.const(f"{name}_ax{k}", np.array([axis + 1], np.int64))], f"{name}_tap{k}_u"))
+    return b.op("Concat", views, f"{name}_stack", axis=axis + 1)
+
+
+def _barrier(b: _Builder, x: str, name: str) -> str:
+    """A reshape round trip (free: ORT aliases reshapes) that ORT's transpose optimiser does not cross.
+
+    Without it, an INT8 core (which ORT runs in NHWC) makes the optimiser
+    push the frame's byte transpose down past the Pad and the
+    DequantizeLinear, and ORT then re-quantises and transposes the *float*
+    frame: ~14 ms of extra full-resolution passes at 1080p (profiled).
+    """
+    shape = b.op("Shape", [x], f"{name}_shape")
+    flat = b.op("Reshape", [x, b.const(f"{name}_flat_shape", np.array([-1], np.int64))], f"{name}_flat")
+    return b.op("Reshape", [flat, shape], f"{name}_kept")
+
+
+def fused_graph(core: "onnx.ModelProto", channel_order: str = "RGB") -> "onnx.ModelProto":  # noqa: F821
+    """Wrap a core (``x_low`` -> ``maps``) into ``image`` uint8 NHWC -> ``dehazed`` uint8 NHWC (module docstring).
+
+    The core's ``scale`` (the maps' stride) and ``prepool`` (what its input
+    is pooled by: ``scale`` or 1) come from its metadata (:func:`core_meta`).
     """
     import onnx
     from onnx import TensorProto, helper
 
-    if layout not in ("nhwc", "nchw"):
-        raise ValueError(f"layout {layout}: nhwc or nchw")
+    scale, prepool = core_meta(core)
+    if prepool not in (1, scale):
+        raise ValueError(f"core prepool {prepool}: must be 1 or the scale {scale}")
     bgr = channel_order.upper() == "BGR"
-    nchw = layout == "nchw"
-    g = core.graph
-    pre = "fused/"
-    c_axis = 1 if nchw else 3
-    inits = [
-        _const(pre + "inv255", np.array(1.0 / 255.0, np.float32)),
-        _const(pre + "zp", np.array(0, np.uint8)),
-        _const(pre + "one", np.array(1.0, np.float32)),
-        _const(pre + "s255", np.array(255.0, np.float32)),
-        _const(pre + "g_start", np.array([0], np.int64)),
-        _const(pre + "b_start", np.array([3], np.int64)),
-        _const(pre + "g_end", np.array([3], np.int64)),
-        _const(pre + "b_end", np.array([6], np.int64)),
-        _const(pre + "axis_c", np.array([c_axis], np.int64)),
-        _const(pre + "rev", np.array([2, 1, 0], np.int64)),
-    ]
-    if nchw:  # transpose the bytes (1/4 of the float traffic), then one DequantizeLinear gives x01
-        nodes = [helper.make_node("Transpose", ["image"], [pre + "image_nchw"], perm=[0, 3, 1, 2], name=pre + "to_nchw")]
-        u8 = pre + "image_nchw"
-        if bgr:
-            nodes.append(helper.make_node("Gather", [u8, pre + "rev"], [pre + "image_rgb"], axis=1, name=pre + "bgr2rgb"))
-            u8 = pre + "image_rgb"
-        nodes.append(helper.make_node("DequantizeLinear", [u8, pre + "inv255", pre + "zp"], ["x01"], name=pre + "dequant"))
-        x = "x01"
+    b = _Builder()
+    i64 = lambda name, v: b.const(name, np.array(v, np.int64))  # noqa: E731
+    s = i64("s", [scale])
+
+    # sizes: H, W of the frame; h, w = ceil(H / s), ceil(W / s); the padded frame is (h s) x (w s)
+    shape = b.op("Shape", ["image"], "frame_shape")
+    hw = b.op("Slice", [shape, i64("hw_lo", [1]), i64("hw_hi", [3])], "frame_hw")
+    cells = b.op("Div", [b.op("Add", [hw, i64("s_minus_1", [scale - 1])], "hw_up"), s], "cells_hw")
+    pad_hw = b.op("Sub", [b.op("Mul", [cells, s], "padded_hw"), hw], "pad_hw")
+
+    # the frame: bytes to NCHW, zero-padded to whole cells, then one DequantizeLinear (cast and /255)
+    img = _barrier(b, b.op("Transpose", ["image"], "image_nchw", perm=[0, 3, 1, 2]), "image_nchw")
+    zp = b.const("zp", np.array(0, np.uint8))
+    inv255 = b.const("inv255", np.array(1.0 / 255.0, np.float32))
+    if scale > 1:
+        pads = b.op("Concat", [i64("pads_head", [0, 0, 0, 0, 0, 0]), pad_hw], "pads", axis=0)
+        img_p = b.op("Pad", [img, pads, zp], "image_padded", mode="constant")
     else:
-        nodes = [helper.make_node("DequantizeLinear", ["image", pre + "inv255", pre + "zp"], [pre + "x"], name=pre + "dequant")]
-        x = pre + "x"
-        core_in = x
-        if bgr:  # the network wants RGB
-            nodes.append(helper.make_node("Gather", [x, pre + "rev"], [pre + "x_rgb"], axis=3, name=pre + "bgr2rgb"))
-            core_in = pre + "x_rgb"
-        nodes.append(helper.make_node("Transpose", [core_in], ["x01"], perm=[0, 3, 1, 2], name=pre + "to_nchw"))
-    nodes += list(g.node)
+        img_p = img
+    # Cast, not DequantizeLinear: ORT's QDQ passes would duplicate a DequantizeLinear per consumer
+    # (one more full-resolution pass each); the 1/255 is folded into the low-resolution factors
+    x255 = b.op("Cast", [img_p], "x255", to=TensorProto.FLOAT)
+
+    # the core's input: the frame pooled by s (sums over whole cells / real pixels per cell), or the frame itself
+    if prepool > 1:
+        sum_w = b.op("ReduceSum", [b.op("Reshape", [x255, i64("by_cols", [1, 3, -1, scale])], "x255_cols"),
+                                   i64("last_axis", [3])], "sum_cols", keepdims=0)
+        rows_shape = b.op("Concat", [i64("rows_head", [1, 3, -1, scale]),
+                                     b.op("Slice", [cells, i64("w_lo", [1]), i64("w_hi", [2])], "cells_w")], "rows_shape", axis=0)
+        sums = b.op("ReduceSum", [b.op("Reshape", [sum_w, rows_shape], "x255_rows"), i64("row_axis", [3])], "sum_cells", keepdims=0)
+        counts = []
+        for k, axis_name in enumerate(("rows", "cols")):
+            size = b.op("Slice", [hw, i64(f"{axis_name}_lo", [k]), i64(f"{axis_name}_hi", [k + 1])], f"frame_{axis_name}")
+            start = b.op("Range", [i64(f"zero_{axis_name}", 0), b.op("Squeeze", [size], f"{axis_name}_scalar"), i64(f"step_{axis_name}", scale)],
+                         f"{axis_name}_starts")
+            n = b.op("Min", [b.op("Sub", [size, start], f"{axis_name}_left"), s], f"{axis_name}_count")
+            counts.append(b.op("Cast", [n], f"{axis_name}_count_f", to=TensorProto.FLOAT))
+        rows_c = b.op("Unsqueeze", [counts[0], i64("col_axis", [1])], "rows_count_col")
+        count255 = b.op("Mul", [b.op("Mul", [rows_c, counts[1]], "cell_count"), b.const("f255", np.array(255.0, np.float32))],
+                        "cell_count_255")
+        inv_count = b.op("Reciprocal", [count255], "inv_cell_count")
+        x_low = b.op("Mul", [sums, inv_count], "x_pooled")
+    else:
+        x_low = b.op("DequantizeLinear", [img, inv255, zp], "x01_unpadded")
+    if bgr:  # the network wants RGB: reorder its (low-resolution) input, never the frame
+        x_low = b.op("Gather", [x_low, i64("rev3", [2, 1, 0])], "x_low_rgb", axis=1)
+    b.rename_output(x_low, "x_low")
+
+    # maps -> 1 + K and 255 B (low resolution), in the frame's channel order
     maps = "maps"
-    if nchw and barrier:
-        # A reshape round trip: ORT's layout transformer does not move transposes through it, so
-        # an INT8 core (which ORT runs in NHWC) does not drag the full-resolution Resize into
-        # NHWC, where ORT's float bilinear kernel is about 2x slower.
-        inits.append(_const(pre + "flat", np.array([1, 6, -1], np.int64)))
-        nodes += [helper.make_node("Shape", ["maps"], [pre + "maps_shape"], name=pre + "maps_shape"),
-                  helper.make_node("Reshape", ["maps", pre + "flat"], [pre + "maps_flat"], name=pre + "maps_flat"),
-                  helper.make_node("Reshape", [pre + "maps_flat", pre + "maps_shape"], [pre + "maps_nchw"],
-                                   name=pre + "maps_nchw")]
-        maps = pre + "maps_nchw"
-    if not nchw:
-        nodes.append(helper.make_node("Transpose", ["maps"], [pre + "maps_nhwc"], perm=[0, 2, 3, 1], name=pre + "maps_nhwc"))
-        maps = pre + "maps_nhwc"
-    nodes += [
-        helper.make_node("Slice", [maps, pre + "g_start", pre + "g_end", pre + "axis_c"], [pre + "k"], name=pre + "k"),
-        helper.make_node("Slice", [maps, pre + "b_start", pre + "b_end", pre + "axis_c"], [pre + "b"], name=pre + "b"),
-        helper.make_node("Add", [pre + "k", pre + "one"], [pre + "k1"], name=pre + "k_plus_1"),
-        helper.make_node("Mul", [pre + "k1", pre + "s255"], [pre + "g_low"], name=pre + "g_255"),
-        helper.make_node("Mul", [pre + "b", pre + "s255"], [pre + "b_low"], name=pre + "b_255"),
-    ]
-    g_low, b_low = pre + "g_low", pre + "b_low"
-    if bgr and not nchw:  # apply in the frame's (BGR) order
-        nodes += [helper.make_node("Gather", [g_low, pre + "rev"], [pre + "g_low_o"], axis=3, name=pre + "g_bgr"),
-                  helper.make_node("Gather", [b_low, pre + "rev"], [pre + "b_low_o"], axis=3, name=pre + "b_bgr")]
-        g_low, b_low = pre + "g_low_o", pre + "b_low_o"
-    resize = dict(mode="linear", coordinate_transformation_mode="half_pixel", nearest_mode="floor")
-    src = "x01" if nchw else x
-    nodes += [
-        helper.make_node("Shape", [src], [pre + "size"], name=pre + "size"),
-        helper.make_node("Resize", [g_low, "", "", pre + "size"], [pre + "G"], name=pre + "resize_gain", **resize),
-        helper.make_node("Resize", [b_low, "", "", pre + "size"], [pre + "B"], name=pre + "resize_offset", **resize),
-        helper.make_node("Mul", [src, pre + "G"], [pre + "xg"], name=pre + "apply_gain"),
-        helper.make_node("Add", [pre + "xg", pre + "B"], [pre + "j"], name=pre + "apply_offset"),
-    ]
-    if nchw:
-        nodes.append(helper.make_node("QuantizeLinear", [pre + "j", pre + "one", pre + "zp"], [pre + "j8"], name=pre + "to_uint8"))
-        last = pre + "j8"
-        if bgr:
-            nodes.append(helper.make_node("Gather", [last, pre + "rev"], [pre + "j8_bgr"], axis=1, name=pre + "rgb2bgr"))
-            last = pre + "j8_bgr"
-        nodes.append(helper.make_node("Transpose", [last], ["dehazed"], perm=[0, 2, 3, 1], name=pre + "to_nhwc"))
+    if bgr:
+        maps = b.op("Gather", [maps, i64("rev6", [2, 1, 0, 5, 4, 3])], "maps_bgr", axis=1)
+    mul = b.const("map_mul", np.array([1.0] * 3 + [255.0] * 3, np.float32).reshape(1, 6, 1, 1))
+    add = b.const("map_add", np.array([1.0] * 3 + [0.0] * 3, np.float32).reshape(1, 6, 1, 1))
+    gb = b.op("Add", [b.op("Mul", [maps, mul], "maps_255"), add], "gain_offset_low")
+    if scale > 1:
+        wts = upsample_weights(scale)
+        gbp = b.op("Pad", [gb, i64("edge_pads", [0, 0, 1, 1, 0, 0, 1, 1])], "maps_edge", mode="edge")
+        cols = b.op("MatMul", [_stack3(b, gbp, 3, "cols"), b.const("w_cols", np.ascontiguousarray(wts.T))], "up_cols")
+        wide = b.op("Reshape", [cols, i64("merge_cols", [0, 0, 0, -1])], "maps_wide")  # 1 x 6 x (h+2) x W'
+        full_shape = b.op("Shape", [img_p], "padded_shape")
+        halves = []
+        for name, lo, hi in (("gain", 0, 3), ("offset", 3, 6)):
+            part = b.op("Slice", [wide, i64(f"{name}_lo", [lo]), i64(f"{name}_hi", [hi]), i64(f"{name}_axis", [1])], f"{name}_wide")
+            up = b.op("MatMul", [b.const(f"w_rows_{name}", wts), _stack3(b, part, 2, f"{name}_rows")], f"{name}_up")
+            halves.append(b.op("Reshape", [up, full_shape], f"{name}_full"))
+        gain, offset = halves
     else:
-        nodes.append(helper.make_node("QuantizeLinear", [pre + "j", pre + "one", pre + "zp"], ["dehazed"], name=pre + "to_uint8"))
-    if apply == "uint8":
-        nodes, inits = _uint8_apply(nodes, inits, pre, bgr)
+        gain = b.op("Slice", [gb, i64("gain_lo", [0]), i64("gain_hi", [3]), i64("c_axis", [1])], "gain_full")
+        offset = b.op("Slice", [gb, i64("offset_lo", [3]), i64("offset_hi", [6]), i64("c_axis2", [1])], "offset_full")
+
+    # 255 J = (255 x) (1 + K) + 255 B, to bytes in one QuantizeLinear, crop the padding, back to NHWC
+    j = b.op("Add", [b.op("Mul", [x255, gain], "apply_gain"), offset], "apply_offset")
+    j8 = b.op("QuantizeLinear", [j, b.const("one", np.array(1.0, np.float32)), zp], "to_uint8")
+    if scale > 1:
+        j8 = b.op("Slice", [j8, i64("crop_lo", [0, 0]), hw, i64("crop_axes", [2, 3])], "crop")
+    b.nodes.append(helper.make_node("Transpose", [j8], ["dehazed"], perm=[0, 2, 3, 1], name="fused/to_nhwc"))
+
+    nodes = b.nodes[: _index_of(b.nodes, "x_low") + 1] + list(core.graph.node) + b.nodes[_index_of(b.nodes, "x_low") + 1:]
     graph = helper.make_graph(
         nodes, "edgehaze_fused",
         [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, "height", "width", 3])],
         [helper.make_tensor_value_info("dehazed", TensorProto.UINT8, [1, "height", "width", 3])],
-        list(g.initializer) + inits,
+        list(core.graph.initializer) + b.inits,
     )
     model = helper.make_model(graph, opset_imports=list(core.opset_import))
     model.ir_version = core.ir_version
@@ -255,79 +401,27 @@ def fused_graph(core: "onnx.ModelProto", channel_order: str = "RGB", layout: str
     return model
 
 
-#: uint8 apply: gain (1 + K) in [0, 2] and offset 255 B in [-256, 254], 8 bits each
-GAIN_SCALE, OFFSET_SCALE, OFFSET_ZP, PRODUCT_SCALE = 2.0 / 255.0, 2.0, 128, 2.0
+def _index_of(nodes: list, output: str) -> int:
+    return next(i for i, n in enumerate(nodes) if output in n.output)
 
 
-def _uint8_apply(nodes: list, inits: list, pre: str, bgr: bool) -> tuple:
-    """Replace the float full-resolution tail by QDQ-wrapped uint8 arithmetic in the frame's layout.
+def reference_apply(image_u8: np.ndarray, maps: np.ndarray, scale: int) -> np.ndarray:
+    """The unfused reference: the model's own apply step, in numpy/torch terms.
 
-    The low-resolution maps are quantised (gain ``1 + K`` with step 2/255,
-    offset ``255 B`` with step 2), resized as uint8 (ORT's integer NHWC
-    bilinear kernel) and applied as DQ -> Mul -> Q and DQ -> Add -> Q, which
-    ORT fuses into QLinearMul / QLinearAdd: every full-resolution tensor is
-    one byte per value. Costs up to ~2 levels of rounding per pixel.
-    """
-    from onnx import helper
-
-    keep_until = next(i for i, n in enumerate(nodes) if n.name == pre + "k")
-    nodes = nodes[:keep_until]
-    maps = nodes[-1].output[0] if nodes[-1].name.startswith(pre + "maps") else "maps"
-    inits = inits + [
-        _const(pre + "s_gain", np.array(GAIN_SCALE, np.float32)), _const(pre + "s_off", np.array(OFFSET_SCALE, np.float32)),
-        _const(pre + "zp_off", np.array(OFFSET_ZP, np.uint8)), _const(pre + "s_prod", np.array(PRODUCT_SCALE, np.float32)),
-        _const(pre + "unit", np.array(1.0, np.float32)), _const(pre + "c1", np.array([1], np.int64)),
-    ]
-    nodes += [
-        helper.make_node("Transpose", [maps], [pre + "m_nhwc"], perm=[0, 2, 3, 1], name=pre + "maps_nhwc"),
-        helper.make_node("Slice", [pre + "m_nhwc", pre + "g_start", pre + "g_end", pre + "axis_last"], [pre + "k"], name=pre + "k"),
-        helper.make_node("Slice", [pre + "m_nhwc", pre + "b_start", pre + "b_end", pre + "axis_last"], [pre + "b"], name=pre + "b"),
-        helper.make_node("Add", [pre + "k", pre + "unit"], [pre + "gain"], name=pre + "k_plus_1"),
-        helper.make_node("Mul", [pre + "b", pre + "s255"], [pre + "off"], name=pre + "b_255"),
-    ]
-    inits.append(_const(pre + "axis_last", np.array([3], np.int64)))
-    g, o = pre + "gain", pre + "off"
-    if bgr:
-        nodes += [helper.make_node("Gather", [g, pre + "rev"], [g + "_bgr"], axis=3, name=pre + "g_bgr"),
-                  helper.make_node("Gather", [o, pre + "rev"], [o + "_bgr"], axis=3, name=pre + "b_bgr")]
-        g, o = g + "_bgr", o + "_bgr"
-    resize = dict(mode="linear", coordinate_transformation_mode="half_pixel", nearest_mode="floor")
-    nodes += [
-        helper.make_node("QuantizeLinear", [g, pre + "s_gain", pre + "zp"], [pre + "g8"], name=pre + "q_gain"),
-        helper.make_node("QuantizeLinear", [o, pre + "s_off", pre + "zp_off"], [pre + "o8"], name=pre + "q_off"),
-        helper.make_node("Shape", ["image"], [pre + "size"], name=pre + "size"),
-        helper.make_node("Resize", [pre + "g8", "", "", pre + "size"], [pre + "G8"], name=pre + "resize_gain", **resize),
-        helper.make_node("Resize", [pre + "o8", "", "", pre + "size"], [pre + "O8"], name=pre + "resize_offset", **resize),
-        helper.make_node("DequantizeLinear", ["image", pre + "unit", pre + "zp"], [pre + "xf"], name=pre + "dq_image"),
-        helper.make_node("DequantizeLinear", [pre + "G8", pre + "s_gain", pre + "zp"], [pre + "Gf"], name=pre + "dq_gain"),
-        helper.make_node("Mul", [pre + "xf", pre + "Gf"], [pre + "xg"], name=pre + "apply_gain"),
-        helper.make_node("QuantizeLinear", [pre + "xg", pre + "s_prod", pre + "zp"], [pre + "xg8"], name=pre + "q_prod"),
-        helper.make_node("DequantizeLinear", [pre + "xg8", pre + "s_prod", pre + "zp"], [pre + "xgf"], name=pre + "dq_prod"),
-        helper.make_node("DequantizeLinear", [pre + "O8", pre + "s_off", pre + "zp_off"], [pre + "Of"], name=pre + "dq_off"),
-        helper.make_node("Add", [pre + "xgf", pre + "Of"], [pre + "j"], name=pre + "apply_offset"),
-        helper.make_node("QuantizeLinear", [pre + "j", pre + "unit", pre + "zp"], ["dehazed"], name=pre + "to_uint8"),
-    ]
-    return nodes, inits
-
-
-def reference_apply(image_u8: np.ndarray, maps: np.ndarray) -> np.ndarray:
-    """The unfused reference in numpy/torch terms: the export's ``FullGraph`` tail.
-
-    ``image_u8``: 1 x H x W x 3 uint8; ``maps``: 1 x 6 x h x w float.
-    Returns 1 x H x W x 3 uint8 = round(clamp(apply_maps(x, maps), 0, 1) * 255).
+    ``image_u8``: 1 x H x W x 3 uint8; ``maps``: 1 x 6 x h x w float at stride
+    ``scale``. Returns 1 x H x W x 3 uint8 = round(clamp(apply_correction(x, maps), 0, 1) * 255).
     """
     import torch
 
-    from edgehaze.models.backbones.edge import EdgeDehazer
+    from edgehaze.models.backbones.edge import apply_correction
 
     x = torch.from_numpy(image_u8).permute(0, 3, 1, 2).float() / 255.0
-    y = EdgeDehazer.apply_maps(x, torch.from_numpy(maps))
+    y = apply_correction(x, torch.from_numpy(maps), scale)
     return torch.round(torch.clamp(y, 0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def export_fused(model: "torch.nn.Module", precision: str = "fp32", calib01: Optional[Sequence[np.ndarray]] = None,  # noqa: F821
-                 channel_order: str = "RGB", op_types: Optional[Sequence[str]] = None,
-                 layout: str = DEFAULT_LAYOUT) -> "onnx.ModelProto":  # noqa: F821
+                 channel_order: str = "RGB", op_types: Optional[Sequence[str]] = None) -> "onnx.ModelProto":  # noqa: F821
     """Core export (+ INT8 PTQ) and the fused wrapper in one call."""
     core = export_core(model)
     if precision == "int8":
@@ -336,7 +430,7 @@ def export_fused(model: "torch.nn.Module", precision: str = "fp32", calib01: Opt
         core = quantize_core(core, calib01, op_types or DEFAULT_QUANT_OPS)
     elif precision != "fp32":
         raise ValueError(f"precision {precision}: fp32 or int8")
-    return fused_graph(core, channel_order, layout)
+    return fused_graph(core, channel_order)
 
 
 def uint8_difference(a: "onnx.ModelProto", b: "onnx.ModelProto", sizes: Sequence[Tuple[int, int]], seed: int = 3) -> int:  # noqa: F821
@@ -353,5 +447,6 @@ def uint8_difference(a: "onnx.ModelProto", b: "onnx.ModelProto", sizes: Sequence
     return worst
 
 
-__all__ = ["inline_constant_identities", "internal_scale", "export_core", "export_core_module", "uint8_difference", "quantize_core", "fused_graph", "export_fused", "reference_apply",
-           "DEFAULT_QUANT_OPS"]
+__all__ = ["inline_constant_identities", "internal_scale", "prepool_factor", "prepooled", "pool_image", "export_core",
+           "export_core_module", "core_meta", "upsample_weights", "uint8_difference", "quantize_core", "fused_graph",
+           "export_fused", "reference_apply", "DEFAULT_QUANT_OPS"]

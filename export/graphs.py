@@ -111,15 +111,25 @@ class FloatCore(nn.Module):
 
 
 class FloatModel(nn.Module):
-    """``core`` + the float apply step: image01 -> restored image (unclamped)."""
+    """``core`` + the float apply step: image01 -> restored image (unclamped).
 
-    def __init__(self, model: nn.Module, core: Optional[nn.Module] = None) -> None:
+    ``prepool``: the core takes the input already average-pooled by this
+    factor (ceil mode, partial cells average what they hold) - the fused
+    export's layout, where the pooling runs outside the quantised core
+    (:func:`edgehaze.export.fused.prepooled`).
+    """
+
+    def __init__(self, model: nn.Module, core: Optional[nn.Module] = None, prepool: int = 1) -> None:
         super().__init__()
         self.apply_maps = model.backbone.apply_maps if has_correction_maps(model) else None
         self.core = core if core is not None else FloatCore(model)
+        self.prepool = int(prepool)
 
     def forward(self, image01: torch.Tensor, *depth_feats: torch.Tensor) -> torch.Tensor:
-        out = self.core(image01, *depth_feats)
+        x = image01
+        if self.prepool > 1:
+            x = F.avg_pool2d(x, self.prepool, self.prepool, ceil_mode=True, count_include_pad=False)
+        out = self.core(x, *depth_feats)
         return self.apply_maps(image01, out) if self.apply_maps is not None else out
 
 

@@ -158,9 +158,11 @@ def export_checkpoint(
         log(f"INT8 by {method.upper()}: {len(data.calib)} calibration / {len(data.holdout)} hold-out images "
             f"from {data.source}")
         if method == "qat":
-            qfloat = Q.qat_quantize(model, data.calib, steps=qat_steps, progress=progress)
+            prepool = FU.prepool_factor(model) if fuse_apply else 1
+            qfloat = Q.qat_quantize(model, data.calib, steps=qat_steps, progress=progress, prepool=prepool)
             if fuse_apply:
-                final = FU.fused_graph(FU.export_core_module(qfloat.core, opset=opset), channel_order)
+                final = FU.fused_graph(FU.export_core_module(qfloat.core, int(model.backbone.scale), prepool, opset=opset),
+                                       channel_order)
             else:
                 final = O.export_module(G.FullGraph(qfloat, channel_order), (example,), ["image"], ["dehazed"], dynamic, opset)
         elif fuse_apply:

@@ -144,25 +144,32 @@ def qat_quantize(
     gt_weight: float = 0.5,
     seed: int = 0,
     progress: bool = True,
+    prepool: int = 1,
 ) -> "torch.nn.Module":  # noqa: F821
     """A :class:`FloatModel` whose core carries INT8 quantize/dequantize ops.
 
-    ``model`` (a DepthGuidedDehazer) is not modified.
+    ``model`` (a DepthGuidedDehazer) is not modified. ``prepool``: the core
+    takes the frame already pooled by this factor (the fused export's
+    layout, :func:`edgehaze.export.fused.prepooled`); the returned
+    FloatModel pools before calling it.
     """
     import torch
+    import torch.nn.functional as F
 
+    from edgehaze.export.fused import prepooled
     from edgehaze.export.graphs import FloatCore, FloatModel, fold_batchnorm
 
     nncf = _nncf()
     ref = FloatModel(model).eval()
     qmodel = fold_batchnorm(copy.deepcopy(model).eval())
-    core = FloatCore(qmodel).eval()
+    core = FloatCore(prepooled(qmodel, prepool)).eval()
     images, gts = _as_batch(calib)
-    items = [images[i : i + 1] for i in range(len(images))]
+    pooled = images if prepool == 1 else F.avg_pool2d(images, prepool, prepool, ceil_mode=True, count_include_pad=False)
+    items = [pooled[i : i + 1] for i in range(len(images))]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         qcore = nncf.quantize(core, nncf.Dataset(items), subset_size=len(items))
-    qfloat = FloatModel(qmodel, core=qcore)
+    qfloat = FloatModel(qmodel, core=qcore, prepool=prepool)
     if steps > 0:
         with torch.no_grad():
             targets = torch.cat([ref(images[i : i + batch]) for i in range(0, len(images), batch)])
@@ -197,7 +204,7 @@ def qat_quantize(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         stripped = nncf.strip(qcore, strip_format=nncf.StripFormat.NATIVE, example_input=items[0])
-    return FloatModel(qmodel, core=stripped).eval()
+    return FloatModel(qmodel, core=stripped, prepool=prepool).eval()
 
 
 def ptq_onnx(fp32: "onnx.ModelProto", calib: Sequence[Sample], core_prefix: str = "/float_model/core/") -> "onnx.ModelProto":  # noqa: F821

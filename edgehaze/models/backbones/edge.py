@@ -55,14 +55,40 @@ class Stage(nn.Sequential):
         super().__init__(*[ResidualBlock(channels) for _ in range(blocks)])
 
 
+def upsample_maps(maps: torch.Tensor, scale: int, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear upsampling by exactly ``scale`` (half-pixel centres), cropped to ``size``.
+
+    Why not "resize to ``size``": a frame whose side is not a multiple of
+    ``scale`` has a partial last cell, and stretching ``ceil(H/scale)`` cells
+    over ``H`` pixels would shift every cell off the pixels it pooled (by up
+    to half a cell at the far edge). Upsampling by the pooling factor keeps
+    cell ``i`` centred on pixels ``[i*scale, (i+1)*scale)``; for sides that
+    are multiples of ``scale`` the two are the same function. It is also
+    what the fused export computes with two small matrix products
+    (:mod:`edgehaze.export.fused`).
+    """
+    if scale > 1:
+        maps = F.interpolate(maps, scale_factor=float(scale), mode="bilinear", align_corners=False)
+    return maps[..., : size[0], : size[1]]
+
+
+def apply_correction(x: torch.Tensor, maps: torch.Tensor, scale: int) -> torch.Tensor:
+    """``J = K*I + B + I`` with the maps upsampled to ``x`` (:func:`upsample_maps`)."""
+    maps = upsample_maps(maps, scale, x.shape[-2:])
+    gain, offset = maps[:, :3], maps[:, 3:]
+    return x * gain + offset + x
+
+
 class EdgeDehazer(Backbone):
     """Low-resolution correction-map dehazer (see module docstring).
 
     width: channels at stride ``scale`` (doubled at ``2*scale`` and ``4*scale``
         up to ``max_width``).
     scale: internal downscale factor (4 -> a 640x480 frame is processed at
-        160x120). Any input size works (pooling with ceil mode, maps resized
-        back to the exact input size).
+        160x120). Any input size works: the input is average-pooled by
+        ``scale`` with ceil mode (a last, partial cell averages the pixels it
+        has), and the maps are upsampled by exactly ``scale`` and cropped to
+        the input, so every map cell stays centred on the pixels it pooled.
     blocks: residual blocks per stage (stride scale, 2*scale, 4*scale).
     """
 
@@ -107,12 +133,9 @@ class EdgeDehazer(Backbone):
         u1 = self.up1(f1 + F.interpolate(self.lat2(u2), size=f1.shape[-2:], mode="bilinear", align_corners=False))
         return self.head(u1)
 
-    @staticmethod
-    def apply_maps(x: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    def apply_maps(self, x: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
         """Upsample the maps to ``x``'s size and apply ``J = K*I + B + I``."""
-        maps = F.interpolate(maps, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        gain, offset = maps[:, :3], maps[:, 3:]
-        return x * gain + offset + x
+        return apply_correction(x, maps, self.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.apply_maps(x, self.correction_maps(x))
