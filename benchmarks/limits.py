@@ -51,6 +51,7 @@ def session(model_bytes: bytes, threads: int = 2):  # type: ignore[no-untyped-de
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the model benchmarks run
     return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
 
 

@@ -30,6 +30,7 @@ class Options:
     provider: str = "auto"            # auto | trt | cuda | cpu | full ORT provider name
     threads: int = 2                  # ORT intra-op threads (0 = ORT default: all cores)
     inter_op_threads: int = 1
+    spin: bool = False                # ORT worker threads busy-wait between ops (see runtime/README.md)
     graph_optimization: str = "all"   # disable | basic | extended | all
     optimized_model_path: str | None = None  # save ORT's optimised graph here (depth/fuse get .depth/.fuse)
     depth_every: int = 1              # refresh depth features every N frames (N>1 needs the two-graph export)

@@ -84,7 +84,7 @@ class OrtBackend:
     """ONNX Runtime sessions for the full graph, or for the depth + fuse graphs."""
 
     def __init__(self, artifact: Artifact, *, provider: str = "auto", threads: int = 2,
-                 inter_op_threads: int = 1, graph_optimization: str = "all",
+                 inter_op_threads: int = 1, spin: bool = False, graph_optimization: str = "all",
                  optimized_model_path: str | Path | None = None, device_id: int = 0,
                  two_graph: bool = False, trt_cache_dir: str | Path | None = None) -> None:
         ort = _import_ort()
@@ -98,7 +98,7 @@ class OrtBackend:
                                 f"graph_optimization {graph_optimization!r} must be one of {OPT_LEVELS}")
         if int(threads) < 0:
             raise RuntimeError_(Status.BAD_ARGUMENT, f"threads must be >= 0 (0 = onnxruntime default), got {threads}")
-        self._threads, self._inter = int(threads), int(inter_op_threads)
+        self._threads, self._inter, self._spin = int(threads), int(inter_op_threads), bool(spin)
         self._opt_level = graph_optimization
         self._optimized_path = Path(optimized_model_path) if optimized_model_path else None
         self._trt_cache_dir = Path(trt_cache_dir) if trt_cache_dir else artifact.folder / "trt_cache"
@@ -153,6 +153,9 @@ class OrtBackend:
         so = ort.SessionOptions()
         so.intra_op_num_threads = self._threads
         so.inter_op_num_threads = self._inter
+        # ORT's workers busy-wait after each op by default; on a 2-core device that spinning steals the
+        # cores from the capture thread and from other sessions (measured: benchmarks/README.md)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self._spin else "0")
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,

@@ -273,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats-json", default=None, help="write timings and counters here (JSON)")
     p.add_argument("--stats-interval", type=float, default=5.0, help="seconds between progress lines (0: none)")
     p.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
+    p.add_argument("--spin", action="store_true",
+                   help="let onnxruntime's threads busy-wait between ops (off by default: it starves capture)")
     p.add_argument("--provider", default="auto", help="auto | trt | cuda | cpu (onnxruntime provider)")
     p.add_argument("--graph-opt", default="all", choices=("disable", "basic", "extended", "all"))
     p.add_argument("--save-optimized", default=None, help="save onnxruntime's optimised graph to this path")
@@ -297,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         if (args.input_width is None) != (args.input_height is None):
             raise RuntimeError_(Status.BAD_ARGUMENT, "give both --input-width and --input-height")
         size = (args.input_width, args.input_height) if args.input_width else None
-        dehazer = Dehazer(args.model, Options(provider=args.provider, threads=args.threads,
+        dehazer = Dehazer(args.model, Options(provider=args.provider, threads=args.threads, spin=args.spin,
                                               graph_optimization=args.graph_opt,
                                               optimized_model_path=args.save_optimized,
                                               depth_every=args.depth_every))
