@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.speed_report import interleaved, ort_runner, ort_session  # noqa: E402
 
-DEFAULT_POINTS = ("edge-xs:4", "edge-xs:8", "edge-s:4", "edge-s:8")
+DEFAULT_POINTS = ("edge-xs:4", "edge-xs:8", "edge-s:4", "edge-s:8", "edge-s:16", "edge-m:8")
 
 
 def parse_point(text: str) -> Tuple[str, int]:

@@ -50,13 +50,15 @@ def _near(d: int, size: int) -> bool:
 
 
 def is_full_resolution(shape: Sequence[int], frame_hw: Tuple[int, int]) -> bool:
-    """True when the frame's H and W (or both padded by less than ``MAX_PAD``) appear in order among the dims."""
+    """True when the frame's H and W (or both padded by less than ``MAX_PAD``) appear in order among the dims.
+
+    A pair of adjacent dims counts as one when its product matches (``cells x
+    scale``: the fused graph's upsampling writes 1 x 3 x h x s x W).
+    """
     h, w = frame_hw
     dims = list(shape)
-    for i in range(len(dims) - 1):
-        if _near(dims[i], h) and any(_near(d, w) for d in dims[i + 1:]):
-            return True
-    return False
+    spans = [(i, i, d) for i, d in enumerate(dims)] + [(i, i + 1, dims[i] * dims[i + 1]) for i in range(len(dims) - 1)]
+    return any(_near(a, h) and any(_near(b, w) for j0, _, b in spans if j0 > end) for _, end, a in spans)
 
 
 def summarise_profile(path: "str | Path", frame_hw: Tuple[int, int], runs: Optional[int] = None,

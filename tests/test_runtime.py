@@ -62,6 +62,16 @@ def test_run_equals_plain_onnxruntime_and_reports_backend(art):
     assert code_of(lambda: runtime.run(h, x)).code == Status.CLOSED
 
 
+@pytest.mark.parametrize("spin", [False, True])
+def test_spin_option_reaches_the_session(art, spin):
+    """Busy-waiting is off unless asked for (it starves the capture thread on a 2-core device)."""
+    opts = {} if not spin else {"spin": True}
+    with runtime.Dehazer(art, opts) as d:
+        sess = d._backend.full
+        assert sess.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == str(int(spin))
+        np.testing.assert_array_equal(d.run(frame()), reference(art, frame()))
+
+
 def test_frame_size_change_rebinds_outputs(art):
     with runtime.Dehazer(art) as d:
         for h_, w_ in [(48, 64), (37, 51), (48, 64)]:

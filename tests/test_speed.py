@@ -310,6 +310,9 @@ def test_is_full_resolution():
     assert is_full_resolution([1, 3, 480, 640], (480, 640))
     assert not is_full_resolution([1, 32, 120, 160], (480, 640))
     assert not is_full_resolution([1, 640, 480, 3], (480, 640))
+    assert is_full_resolution([1, 3, 60, 8, 640], (480, 640))      # cells x scale, then W
+    assert is_full_resolution([1, 3, 1088, 1920], (1080, 1920))    # padded to whole cells
+    assert not is_full_resolution([1, 3, 60, 8, 80], (480, 640))
 
 
 def test_conv_stack_int8_is_fused_to_qlinearconv_and_ceiling_fraction():
