@@ -62,6 +62,8 @@ def build_sidecar(
             "backbone": build.get("backbone"),
             "depth": build.get("depth"),
             "fusion": fusion if isinstance(fusion, (str, type(None))) else fusion,
+            # edge-* backbones: the network runs at 1/scale of the frame (edgehaze export --internal-scale)
+            "scale": (build.get("backbone_kwargs") or {}).get("scale"),
         },
         "teacher": provenance.get("teacher"),
         "license": provenance.get("license"),

@@ -43,6 +43,23 @@ def _check_sizes(dynamic: bool, imgsz: Optional[Sequence[int]]) -> Tuple[Tuple[i
     return size, [size]
 
 
+def _rescaled(model: "torch.nn.Module", build: Dict[str, Any], scale: int,  # noqa: F821
+              checkpoint: Path) -> "Tuple[torch.nn.Module, Dict[str, Any]]":  # noqa: F821
+    """``--internal-scale``: the model (and its build record) with the network at 1/``scale`` of the frame."""
+    from edgehaze.export.fused import internal_scale
+
+    if not hasattr(model.backbone, "scale"):
+        raise EdgehazeError(f"--internal-scale: {checkpoint} has a {build.get('backbone')} backbone, which works at "
+                            "full resolution; only edge-* backbones have an internal scale")
+    if scale < 1:
+        raise EdgehazeError(f"--internal-scale {scale}: must be >= 1 (the model was trained at {model.backbone.scale})")
+    model = internal_scale(model, scale).eval()
+    build = {**build, "backbone_kwargs": {**(build.get("backbone_kwargs") or {}), "scale": scale}}
+    if model.depth is not None and hasattr(model.depth, "pool"):
+        build["depth_kwargs"] = {**(build.get("depth_kwargs") or {}), "pool": int(model.depth.pool)}
+    return model, build
+
+
 def export_checkpoint(
     checkpoint: "str | Path",
     out: Optional["str | Path"] = None,
@@ -64,6 +81,7 @@ def export_checkpoint(
     force: bool = False,
     ort_optimize: bool = False,
     fused: bool = True,
+    internal_scale: Optional[int] = None,
     depth_weights: Optional[str] = None,
     workspace: float = 4.0,
     log: Callable[[str], None] = _stderr,
@@ -98,9 +116,13 @@ def export_checkpoint(
 
     model, meta = load_dehazer(checkpoint, depth_weights=depth_weights)
     model.eval()
+    if internal_scale is not None:
+        model, meta["build"] = _rescaled(model, meta["build"], int(internal_scale), checkpoint)
+        log(f"internal scale {internal_scale}: the network runs at 1/{internal_scale} of the frame")
     if two_graph and model.depth is None:
         raise EdgehazeError(f"--two-graph: {checkpoint} has no depth branch; the single graph is all there is")
-    name = name or checkpoint.stem + ("" if precision == "fp32" else f"-{precision}")
+    name = name or checkpoint.stem + ("" if precision == "fp32" else f"-{precision}") + (
+        f"-s{internal_scale}" if internal_scale is not None else "")
     out_dir = Path(out) if out is not None else checkpoint.parent / "export"
     torch.manual_seed(0)
 

@@ -16,7 +16,7 @@ from edgehaze.errors import EdgehazeError
 TRT_HINT = "install the trt extra on a GPU machine: pip install edgehaze[trt]"
 
 #: flags every target takes
-COMMON_FLAGS = frozenset({"imgsz", "dynamic", "out", "channel_order", "two_graph", "int8", "fp16"})
+COMMON_FLAGS = frozenset({"imgsz", "dynamic", "out", "channel_order", "two_graph", "int8", "fp16", "internal_scale"})
 #: flags of the INT8 calibration/QAT path
 INT8_FLAGS = frozenset({"calib", "qat_steps", "method", "max_psnr_drop", "force", "calib_images", "holdout_images"})
 

@@ -100,6 +100,26 @@ def test_metadata_round_trips(bare_ckpt, tmp_path):
 
 
 @pytest.mark.slow  # ~35 s on 2 busy cores (three graphs with a depth teacher)
+def test_internal_scale_export_runs_the_network_coarser(bare_ckpt, tmp_path):
+    """--internal-scale: the graph is the rescaled model (checked by the export itself), and the sidecar says so."""
+    from edgehaze.checkpoint import load_dehazer
+    from edgehaze.export.fused import internal_scale
+
+    res = export_checkpoint(bare_ckpt, out=tmp_path, internal_scale=8, **QUIET)
+    assert res.files["onnx"].name == "edge-s8.onnx"
+    assert res.sidecar["model"]["scale"] == 8
+    model, _ = load_dehazer(bare_ckpt)
+    assert model.backbone.scale == 4
+    ref = G.FullGraph(G.FloatModel(internal_scale(model.eval(), 8)))
+    img = np.random.default_rng(5).integers(0, 256, size=(1, 50, 70, 3), dtype=np.uint8)
+    got = _session(res.files["onnx"]).run(["dehazed"], {"image": img})[0]
+    with torch.no_grad():
+        want = ref(torch.from_numpy(img)).numpy()
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    with pytest.raises(EdgehazeError, match="internal-scale 0"):
+        export_checkpoint(bare_ckpt, out=tmp_path / "bad", internal_scale=0, **QUIET)
+
+
 def test_two_graph_chain_equals_single_graph(fused_ckpt, tmp_path):
     res = export_checkpoint(fused_ckpt, out=tmp_path, two_graph=True, dynamic=False, imgsz=(56, 72), **QUIET)
     meta = res.sidecar

@@ -10,7 +10,8 @@ import sys
 
 #: argparse dests that are options of the export (checked against the target table when given)
 _CHECKED = ("imgsz", "dynamic", "channel_order", "two_graph", "int8", "fp16", "calib", "qat_steps", "method",
-            "max_psnr_drop", "force", "calib_images", "holdout_images", "ort_optimize", "opset", "workspace")
+            "max_psnr_drop", "force", "calib_images", "holdout_images", "ort_optimize", "opset", "workspace",
+            "internal_scale")
 
 
 def add_parser(subparsers: "argparse._SubParsersAction") -> None:
@@ -46,6 +47,9 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--channel-order", choices=["RGB", "BGR"], default=None,
                    help="channel order of the uint8 input/output (BGR: OpenCV frames, default RGB)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (>= 17, default 17)")
+    p.add_argument("--internal-scale", type=int, default=None, metavar="S",
+                   help="edge-* backbones: run the network at 1/S of the frame instead of the trained scale "
+                        "(e.g. 16 for 1080p streams of a model trained at 8: the same view of the scene as 480p)")
     p.add_argument("--ort-optimize", action="store_true", default=None,
                    help="also save ONNX Runtime's optimised graph as NAME.ort.onnx (CPU provider specific)")
     p.add_argument("--workspace", type=float, default=None, help="TensorRT builder workspace in GiB (default 4)")
@@ -85,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         force=bool(args.force),
         ort_optimize=bool(args.ort_optimize),
         depth_weights=args.depth_weights,
+        internal_scale=args.internal_scale,
         workspace=args.workspace or 4.0,
     )
     for role, path in result.files.items():
