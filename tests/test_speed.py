@@ -356,3 +356,34 @@ def test_bench_cli_profile_on_a_fused_artifact(tiny, tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0
     assert "ORT profile" in out and "full resolution" in out and "Quantize/DequantizeLinear" in out
+
+
+def test_stream_check_exports_and_streams_a_video(tmp_path):
+    """benchmarks/stream_check.py: ceilings, export per size (internal scale for the large one), stream, report."""
+    import cv2
+
+    from benchmarks.stream_check import check, markdown
+    from edgehaze import build_dehazer
+    from edgehaze.checkpoint import save_dehazer
+
+    torch.manual_seed(0)
+    model = build_dehazer("edge-xs", depth=None).eval()
+    torch.nn.init.normal_(model.backbone.head.weight, std=0.02)
+    ckpt = save_dehazer(tmp_path / "tiny.safetensors", model)
+    video = tmp_path / "clip.avi"
+    vw = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (80, 60))
+    for i in range(6):
+        vw.write(np.random.default_rng(i).integers(0, 256, (60, 80, 3), dtype=np.uint8))
+    vw.release()
+    r = check(video, ckpt, tmp_path / "out", sizes=["64x48", "640x480"], scale_1080=None, method="ptq",
+              max_frames=4, quick=True, log=lambda _m: None)
+    small, big = r["sizes"]["64x48"], r["sizes"]["640x480"]
+    assert small["internal_scale"] == 4 and big["internal_scale"] == 4  # 640x480 is not a "large" frame
+    assert small["frames"] == 4 and small["fps"] > 0 and big["status"] in ("pass", "short")
+    assert r["limits"]["conv_int8_gmacs"] > 0
+    text = markdown(r)
+    assert "| 64x48 | 4 |" in text and "Ceilings in this run" in text
+    # a large size gets twice the trained scale, as `edgehaze export --internal-scale` would
+    r2 = check(video, ckpt, tmp_path / "out", sizes=["1280x720"], method="ptq", max_frames=2, quick=True,
+               log=lambda _m: None)
+    assert r2["sizes"]["1280x720"]["internal_scale"] == 8
