@@ -160,6 +160,13 @@ def test_int8_qat_has_qdq_and_small_drop(bare_ckpt, tmp_path):
             and n.name.startswith("fused/")] == ["fused/to_uint8"]
     apply_gain = next(n for n in m.graph.node if n.name == "fused/apply_gain")
     assert [producers[i].op_type for i in apply_gain.input] == ["Cast", "Reshape"]
+    # NNCF's QDQ units are ones ORT fuses (uint8 activations): only the maps head stays a float Conv
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(res.files["onnx"]), so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert ops.count("QLinearConv") > 5 and ops.count("Conv") + ops.count("FusedConv") <= 1, ops
     out = _session(res.files["onnx"]).run(None, {"image": np.zeros((1, 33, 47, 3), np.uint8)})[0]
     assert out.shape == (1, 33, 47, 3) and out.dtype == np.uint8
     assert producers  # graph is well-formed
