@@ -1,7 +1,7 @@
 """Stream check: a real video through the shipped path, with the machine's ceilings in the same run.
 
     python benchmarks/stream_check.py --video my_clip.mp4
-    python benchmarks/stream_check.py --video my_clip.mp4 --checkpoint runs/pareto/edge-s_x8.safetensors --method qat
+    python benchmarks/stream_check.py --video my_clip.mp4 --checkpoint runs/pareto/edge-s_x8.safetensors --method ptq
 
 What a user does, step by step, and nothing the benchmarks do privately:
 
@@ -36,21 +36,13 @@ if str(ROOT) not in sys.path:
 
 from benchmarks import limits as L  # noqa: E402
 from benchmarks.speed_report import run_stream  # noqa: E402
+from edgehaze.bench import parse_size  # noqa: E402
+from edgehaze.errors import EdgehazeError  # noqa: E402
 
-#: target frame rate (minimum, aim) per size
+#: target frame rate (minimum, aim) per frame size, labelled WIDTHxHEIGHT
 TARGETS = {"640x480": (30.0, 60.0), "1920x1080": (25.0, None)}
-DEFAULT_SIZES = ("640x480", "1920x1080")
-
-
-def parse_size(text: str) -> Tuple[int, int]:
-    """``WxH`` -> (H, W)."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise SystemExit(f"--sizes {text}: use WIDTHxHEIGHT, e.g. 640x480") from None
-    if w < 8 or h < 8:
-        raise SystemExit(f"--sizes {text}: both sides must be >= 8")
-    return h, w
+#: --sizes, HEIGHTxWIDTH like `edgehaze bench --sizes`
+DEFAULT_SIZES = ("480x640", "1080x1920")
 
 
 def resample_video(src: Path, dst: Path, size: Tuple[int, int], max_frames: Optional[int]) -> int:
@@ -100,7 +92,7 @@ def export_for(checkpoint: Path, out: Path, key: str, scale: Optional[int], meth
 
 
 def check(video: Path, checkpoint: Path, out: Path, sizes: Sequence[str] = DEFAULT_SIZES,
-          scale_1080: Optional[int] = None, method: str = "ptq", calib: str = "procedural", qat_steps: int = 300,
+          scale_1080: Optional[int] = None, method: str = "qat", calib: str = "procedural", qat_steps: int = 300,
           max_frames: Optional[int] = 300, threads: int = 2, quick: bool = False,
           log=lambda m: print(m, file=sys.stderr, flush=True)) -> Dict[str, Any]:  # type: ignore[no-untyped-def]
     from edgehaze.checkpoint import read_metadata
@@ -118,8 +110,12 @@ def check(video: Path, checkpoint: Path, out: Path, sizes: Sequence[str] = DEFAU
     log("measuring the machine's ceilings")
     report["limits"] = L.measure_limits(threads, quick=quick)
     report["sizes"] = {}
-    for key in sizes:
-        h, w = parse_size(key)
+    for text in sizes:
+        try:
+            h, w = parse_size(text)
+        except EdgehazeError as exc:
+            raise SystemExit(str(exc)) from None
+        key = f"{w}x{h}"
         big = h * w > 640 * 480 * 1.5
         scale = (scale_1080 or (2 * trained_scale if trained_scale else None)) if big else None
         art, side = export_for(checkpoint, out, key, scale, method, calib, qat_steps, log)
@@ -167,10 +163,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--video", required=True, help="any video OpenCV reads (it is resampled to each size)")
     p.add_argument("--checkpoint", default="runs/pareto/edge-s_x8.safetensors", help="an edge-* dehazer checkpoint")
-    p.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), help="WIDTHxHEIGHT per stream")
+    p.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), help="HEIGHTxWIDTH per stream (as edgehaze bench)")
     p.add_argument("--scale-1080", type=int, default=None, help="internal scale for frames above 1.5x 640x480 "
                    "(default: twice the trained scale)")
-    p.add_argument("--method", choices=["ptq", "qat"], default="ptq", help="INT8 method of the export")
+    p.add_argument("--method", choices=["qat", "ptq"], default="qat",
+                   help="INT8 method of the export (default qat, as edgehaze export; ptq is faster to run)")
     p.add_argument("--calib", default="procedural", help="calibration data for the export (folder or 'procedural')")
     p.add_argument("--qat-steps", type=int, default=300)
     p.add_argument("--max-frames", type=int, default=300, help="frames per stream (0: the whole video)")

@@ -375,7 +375,7 @@ def test_stream_check_exports_and_streams_a_video(tmp_path):
     for i in range(6):
         vw.write(np.random.default_rng(i).integers(0, 256, (60, 80, 3), dtype=np.uint8))
     vw.release()
-    r = check(video, ckpt, tmp_path / "out", sizes=["64x48", "640x480"], scale_1080=None, method="ptq",
+    r = check(video, ckpt, tmp_path / "out", sizes=["48x64", "480x640"], scale_1080=None, method="ptq",
               max_frames=4, quick=True, log=lambda _m: None)
     small, big = r["sizes"]["64x48"], r["sizes"]["640x480"]
     assert small["internal_scale"] == 4 and big["internal_scale"] == 4  # 640x480 is not a "large" frame
@@ -384,6 +384,6 @@ def test_stream_check_exports_and_streams_a_video(tmp_path):
     text = markdown(r)
     assert "| 64x48 | 4 |" in text and "Ceilings in this run" in text
     # a large size gets twice the trained scale, as `edgehaze export --internal-scale` would
-    r2 = check(video, ckpt, tmp_path / "out", sizes=["1280x720"], method="ptq", max_frames=2, quick=True,
+    r2 = check(video, ckpt, tmp_path / "out", sizes=["720x1280"], method="ptq", max_frames=2, quick=True,
                log=lambda _m: None)
     assert r2["sizes"]["1280x720"]["internal_scale"] == 8
