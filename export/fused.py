@@ -10,12 +10,12 @@ output value on this CPU (~13 ms for six 1080p maps). This module builds the
 same function from the ops ORT runs near memory speed::
 
     image (uint8 NHWC) -Transpose (bytes)-> NCHW -Pad (bytes, to multiples of s)->
-        -DequantizeLinear(1/255)-> x01p (float, [0, 1], zero-padded)
-    x01p -Reshape, ReduceSum, ReduceSum, x 1/count (low res)-> x_low   (the pooling, as the model does it)
+        -Cast-> x255 (float, 0..255, zero-padded)
+    x255 -Reshape, ReduceSum, ReduceSum, x 1/(255 count) (low res)-> x_low   (the pooling, as the model does it)
     x_low -core (the network, INT8 or float)-> maps (1 x 6 x h x w)
-    maps -x255, +255, edge Pad, 3-tap stack, MatMul (w -> W: 3 x s weights)->
-        -3-tap stack, MatMul (h -> H: s x 3 weights)-> G = 255 (1 + K), B = 255 B at full size
-    QuantizeLinear(x01p * G + B, scale 1)  (clamp, round half to even, cast in one pass)
+    maps -> 1 + K, 255 B -edge Pad, 3-tap stack, MatMul (w -> W: 3 x s weights)->
+        -3-tap stack, MatMul (h -> H: s x 3 weights)-> G = 1 + K, B = 255 B at full size
+    QuantizeLinear(x255 * G + B, scale 1)  (clamp, round half to even, cast in one pass)
         -Slice (crop the padding, bytes)-> -Transpose (bytes)-> dehazed (uint8 NHWC)
 
 Bilinear upsampling by an integer factor ``s`` (half-pixel centres) is a
@@ -320,7 +320,7 @@ def fused_graph(core: "onnx.ModelProto", channel_order: str = "RGB") -> "onnx.Mo
     cells = b.op("Div", [b.op("Add", [hw, i64("s_minus_1", [scale - 1])], "hw_up"), s], "cells_hw")
     pad_hw = b.op("Sub", [b.op("Mul", [cells, s], "padded_hw"), hw], "pad_hw")
 
-    # the frame: bytes to NCHW, zero-padded to whole cells, then one DequantizeLinear (cast and /255)
+    # the frame: bytes to NCHW (behind a layout barrier), zero-padded to whole cells, one Cast to float
     img = _barrier(b, b.op("Transpose", ["image"], "image_nchw", perm=[0, 3, 1, 2]), "image_nchw")
     zp = b.const("zp", np.array(0, np.uint8))
     inv255 = b.const("inv255", np.array(1.0 / 255.0, np.float32))
