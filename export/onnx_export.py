@@ -86,6 +86,7 @@ def session(
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the runtime: no busy-waiting
     if optimized_path is not None:
         opts.optimized_model_filepath = optimized_path
     src = path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
