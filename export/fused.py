@@ -155,6 +155,39 @@ def export_core_module(core: "torch.nn.Module", scale: int, prepool: int, trace_
     return model
 
 
+def export_split_cores(model: "torch.nn.Module", trace_hw: Tuple[int, int] = (24, 32),  # noqa: F821
+                       opset: int = 17) -> "Tuple[onnx.ModelProto, onnx.ModelProto]":  # noqa: F821
+    """The network cut at the depth features, for streams that refresh depth every N frames.
+
+    ``depth core``: ``x_low`` -> ``depth_0 .. depth_{k-1}`` (the used levels);
+    ``fuse core``: ``x_low`` + those features -> ``maps``. Needs the fused
+    layout (:func:`prepool_factor` > 1: a CNN student pooling by a multiple
+    of the backbone's scale).
+    """
+    import torch
+
+    from edgehaze.export.graphs import DepthCore, FloatCore, depth_feature_specs, fold_batchnorm
+    from edgehaze.export.onnx_export import export_module
+
+    factor = prepool_factor(model)
+    if model.depth is None or factor == 1:
+        raise ValueError("split cores need a depth student that takes the pooled frame (prepool_factor > 1)")
+    m = prepooled(fold_batchnorm(copy.deepcopy(model)).eval(), factor)
+    names = [f["name"] for f in depth_feature_specs(model)]
+    depth = DepthCore(m).eval()
+    fuse = FloatCore(m).eval()
+    example = torch.rand(1, 3, *trace_hw, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        feats = depth(example)
+    scale = int(model.backbone.scale)
+    d = inline_constant_identities(export_module(depth, (example,), ["x_low"], names, dynamic=True, opset=opset))
+    f = inline_constant_identities(export_module(fuse, (example, *feats), ["x_low", *names], ["maps"], dynamic=True,
+                                                 opset=opset))
+    for core in (d, f):
+        _set_meta(core, scale, factor)
+    return d, f
+
+
 def _set_meta(model: "onnx.ModelProto", scale: int, prepool: int) -> None:  # noqa: F821
     import onnx
 
@@ -197,12 +230,14 @@ def inline_constant_identities(model: "onnx.ModelProto") -> "onnx.ModelProto":  
 
 
 def quantize_core(core: "onnx.ModelProto", calib01: Sequence[np.ndarray],  # noqa: F821
-                  op_types: Sequence[str] = DEFAULT_QUANT_OPS) -> "onnx.ModelProto":  # noqa: F821
+                  op_types: Sequence[str] = DEFAULT_QUANT_OPS,
+                  extra_inputs: Optional["onnx.ModelProto"] = None) -> "onnx.ModelProto":  # noqa: F821
     """ORT static INT8 (QDQ; per-channel int8 weights, uint8 activations, MinMax) of the core.
 
     ``calib01``: H x W x 3 float images in [0, 1] at frame resolution
     (rounded to 8-bit values and pooled as the fused graph does before the
-    core sees them). Only ``op_types`` are quantised.
+    core sees them). Only ``op_types`` are quantised. ``extra_inputs``: for a
+    fuse core, the (float) depth core whose outputs feed its other inputs.
     """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -210,6 +245,13 @@ def quantize_core(core: "onnx.ModelProto", calib01: Sequence[np.ndarray],  # noq
     scale, prepool = core_meta(core)
     feeds = [{"x_low": np.ascontiguousarray(np.transpose(pool_image(np.rint(np.clip(c, 0, 1) * 255) / 255, prepool),
                                                          (2, 0, 1))[None].astype(np.float32))} for c in calib01]
+    if extra_inputs is not None:
+        from edgehaze.export.onnx_export import session
+
+        dsess = session(extra_inputs.SerializeToString())
+        names = [o.name for o in dsess.get_outputs()]
+        for f in feeds:
+            f.update(zip(names, dsess.run(names, {"x_low": f["x_low"]})))
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -297,15 +339,21 @@ def _barrier(b: _Builder, x: str, name: str) -> str:
     return b.op("Reshape", [flat, shape], f"{name}_kept")
 
 
-def fused_graph(core: "onnx.ModelProto", channel_order: str = "RGB") -> "onnx.ModelProto":  # noqa: F821
+def fused_graph(core: "onnx.ModelProto", channel_order: str = "RGB", role: str = "full") -> "onnx.ModelProto":  # noqa: F821
     """Wrap a core (``x_low`` -> ``maps``) into ``image`` uint8 NHWC -> ``dehazed`` uint8 NHWC (module docstring).
 
     The core's ``scale`` (the maps' stride) and ``prepool`` (what its input
     is pooled by: ``scale`` or 1) come from its metadata (:func:`core_meta`).
+    ``role``: ``full`` (the single graph); ``depth`` (a depth core of
+    :func:`export_split_cores`: ``image`` -> its depth features, no apply
+    step); ``fuse`` (a fuse core: ``image`` + the depth features ->
+    ``dehazed``).
     """
     import onnx
     from onnx import TensorProto, helper
 
+    if role not in ("full", "depth", "fuse"):
+        raise ValueError(f"role {role}: full, depth or fuse")
     scale, prepool = core_meta(core)
     if prepool not in (1, scale):
         raise ValueError(f"core prepool {prepool}: must be 1 or the scale {scale}")
@@ -357,6 +405,9 @@ def fused_graph(core: "onnx.ModelProto", channel_order: str = "RGB") -> "onnx.Mo
     if bgr:  # the network wants RGB: reorder its (low-resolution) input, never the frame
         x_low = b.op("Gather", [x_low, i64("rev3", [2, 1, 0])], "x_low_rgb", axis=1)
     b.rename_output(x_low, "x_low")
+    image_in = helper.make_tensor_value_info("image", TensorProto.UINT8, [1, "height", "width", 3])
+    if role == "depth":
+        return _assemble(core, b.nodes, b.inits, [image_in], list(core.graph.output))
 
     # maps -> 1 + K and 255 B (low resolution), in the frame's channel order
     maps = "maps"
@@ -388,13 +439,21 @@ def fused_graph(core: "onnx.ModelProto", channel_order: str = "RGB") -> "onnx.Mo
         j8 = b.op("Slice", [j8, i64("crop_lo", [0, 0]), hw, i64("crop_axes", [2, 3])], "crop")
     b.nodes.append(helper.make_node("Transpose", [j8], ["dehazed"], perm=[0, 2, 3, 1], name="fused/to_nhwc"))
 
-    nodes = b.nodes[: _index_of(b.nodes, "x_low") + 1] + list(core.graph.node) + b.nodes[_index_of(b.nodes, "x_low") + 1:]
-    graph = helper.make_graph(
-        nodes, "edgehaze_fused",
-        [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, "height", "width", 3])],
-        [helper.make_tensor_value_info("dehazed", TensorProto.UINT8, [1, "height", "width", 3])],
-        list(core.graph.initializer) + b.inits,
-    )
+    extra_inputs = [i for i in core.graph.input if i.name != "x_low"]
+    if role == "fuse" and not extra_inputs:
+        raise ValueError("role fuse needs a fuse core (x_low + depth features -> maps)")
+    return _assemble(core, b.nodes, b.inits, [image_in, *extra_inputs],
+                     [helper.make_tensor_value_info("dehazed", TensorProto.UINT8, [1, "height", "width", 3])])
+
+
+def _assemble(core: "onnx.ModelProto", nodes: list, inits: list, inputs: list, outputs: list) -> "onnx.ModelProto":  # noqa: F821
+    """Splice the core's nodes in after the ``x_low`` producer; a checked model on the core's opset."""
+    import onnx
+    from onnx import helper
+
+    cut = _index_of(nodes, "x_low") + 1
+    graph = helper.make_graph(nodes[:cut] + list(core.graph.node) + nodes[cut:], "edgehaze_fused", inputs, outputs,
+                              list(core.graph.initializer) + inits)
     model = helper.make_model(graph, opset_imports=list(core.opset_import))
     model.ir_version = core.ir_version
     onnx.checker.check_model(model)
@@ -448,5 +507,5 @@ def uint8_difference(a: "onnx.ModelProto", b: "onnx.ModelProto", sizes: Sequence
 
 
 __all__ = ["inline_constant_identities", "internal_scale", "prepool_factor", "prepooled", "pool_image", "export_core",
-           "export_core_module", "core_meta", "upsample_weights", "uint8_difference", "quantize_core", "fused_graph",
+           "export_core_module", "export_split_cores", "core_meta", "upsample_weights", "uint8_difference", "quantize_core", "fused_graph",
            "export_fused", "reference_apply", "DEFAULT_QUANT_OPS"]

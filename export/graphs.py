@@ -145,6 +145,18 @@ class FullGraph(nn.Module):
         return float_to_uint8(self.float_model(uint8_to_float(image, self.bgr)), self.bgr)
 
 
+class DepthCore(nn.Module):
+    """The depth branch alone on the network's input: ``x`` -> the used feature levels (float NCHW)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        feats = depth_features(self.model, x)
+        return tuple(feats[i] for i in used_levels(self.model))
+
+
 class DepthGraph(nn.Module):
     """Stream graph 1: ``image`` -> ``depth_0 .. depth_{k-1}`` (float NCHW)."""
 

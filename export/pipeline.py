@@ -17,6 +17,8 @@ from edgehaze.errors import EdgehazeError
 
 #: tolerances of the FP32 parity check
 UINT8_TOL = 1
+#: an INT8 depth -> fuse chain against the single INT8 graph (features quantised on both sides of the cut)
+INT8_CHAIN_TOL = 3
 FLOAT_TOL = 1e-4
 
 
@@ -58,6 +60,12 @@ def _rescaled(model: "torch.nn.Module", build: Dict[str, Any], scale: int,  # no
     if model.depth is not None and hasattr(model.depth, "pool"):
         build["depth_kwargs"] = {**(build.get("depth_kwargs") or {}), "pool": int(model.depth.pool)}
     return model, build
+
+
+def _prepool(model: "torch.nn.Module") -> int:  # noqa: F821
+    from edgehaze.export.fused import prepool_factor
+
+    return prepool_factor(model) if hasattr(model.backbone, "scale") else 1
 
 
 def export_checkpoint(
@@ -104,8 +112,9 @@ def export_checkpoint(
         raise EdgehazeError(f"--channel-order {channel_order}: use RGB or BGR")
     if method not in ("qat", "ptq"):
         raise EdgehazeError(f"--method {method}: use qat or ptq")
-    if two_graph and precision == "int8":
-        raise EdgehazeError("--two-graph with --int8 is not supported yet; export the two graphs at fp32 or fp16")
+    if two_graph and precision == "int8" and method == "qat":
+        raise EdgehazeError("--two-graph with --int8 needs --method ptq (each graph is calibrated on its own; "
+                            "QAT trains the network as one)")
     if precision == "int8" and calib is None:
         Q.load_calibration(None, calib_images, holdout_images)  # raises the "--calib needed" error early
     targets = resolve_formats(fmt, precision)
@@ -121,6 +130,13 @@ def export_checkpoint(
         log(f"internal scale {internal_scale}: the network runs at 1/{internal_scale} of the frame")
     if two_graph and model.depth is None:
         raise EdgehazeError(f"--two-graph: {checkpoint} has no depth branch; the single graph is all there is")
+    # two graphs in the fused layout (edge-* backbone, a CNN student pooling by a multiple of its scale)
+    split = (two_graph and fused and dynamic and precision in ("fp32", "int8") and G.has_correction_maps(model)
+             and _prepool(model) > 1)
+    if two_graph and precision == "int8" and not split:
+        raise EdgehazeError(f"--two-graph with --int8: {checkpoint} is not in the fused layout (it needs an edge-* "
+                            "backbone and a CNN student whose pool is a multiple of the backbone's scale, dynamic "
+                            "size); export the two graphs at fp32 or fp16, or the single INT8 graph")
     name = name or checkpoint.stem + ("" if precision == "fp32" else f"-{precision}") + (
         f"-s{internal_scale}" if internal_scale is not None else "")
     out_dir = Path(out) if out is not None else checkpoint.parent / "export"
@@ -155,7 +171,7 @@ def export_checkpoint(
     log(f"FP32 parity with PyTorch: uint8 max diff {parity['uint8_max_diff']}, float max abs {parity['float_max_abs']:.2e}")
 
     # -- fused full-resolution apply step (edge-* backbones; see export/fused.py) --
-    fuse_apply = fused and dynamic and not two_graph and precision in ("fp32", "int8") and G.has_correction_maps(model)
+    fuse_apply = fused and dynamic and (split or not two_graph) and precision in ("fp32", "int8") and G.has_correction_maps(model)
     if fuse_apply:
         from edgehaze.export import fused as FU
 
@@ -211,7 +227,13 @@ def export_checkpoint(
     files: Dict[str, Path] = {}
 
     # -- two graphs for streams -----------------------------------------------
-    if two_graph:
+    if split:
+        d32, f32 = FU.export_split_cores(model, opset=opset)
+        if precision == "int8":  # each graph calibrated on the same images (the fuse core on the FP32 features)
+            images = [h for h, _ in data.calib]
+            d32, f32 = FU.quantize_core(d32, images), FU.quantize_core(f32, images, extra_inputs=d32)
+        depth_onnx, fuse_onnx = FU.fused_graph(d32, channel_order, "depth"), FU.fused_graph(f32, channel_order, "fuse")
+    elif two_graph:
         feat_names = [f["name"] for f in G.depth_feature_specs(model)]
         dgraph = G.DepthGraph(model, channel_order).eval()
         fgraph = G.FuseGraph(float_model, channel_order).eval()
@@ -221,8 +243,11 @@ def export_checkpoint(
         fuse_onnx = O.export_module(fgraph, (example, *feats), ["image", *feat_names], ["dehazed"], dynamic, opset)
         if precision == "fp16":
             depth_onnx, fuse_onnx = O.to_fp16(depth_onnx), O.to_fp16(fuse_onnx)
+    if two_graph:
         chain = chain_difference(final, depth_onnx, fuse_onnx, check_sizes)
-        if chain > UINT8_TOL:
+        # INT8: the features cross a graph boundary as float, so they are quantised twice (the depth graph's
+        # output, the fuse graph's input): a level or two of rounding, not a wiring error
+        if chain > (INT8_CHAIN_TOL if precision == "int8" else UINT8_TOL):
             raise EdgehazeError(f"two-graph export: chained graphs differ from the single graph by {chain} levels")
         sidecar["accuracy"]["two_graph_max_diff"] = chain
         log(f"two-graph: depth -> fuse equals the single graph within {chain} level(s)")

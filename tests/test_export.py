@@ -138,6 +138,47 @@ def test_two_graph_chain_equals_single_graph(fused_ckpt, tmp_path):
     assert read_metadata_props(res.files["depth"])["graphs"] == meta["graphs"]
 
 
+@pytest.fixture(scope="module")
+def student_ckpt(tmp_path_factory) -> Path:
+    """edge-xs + a CNN student pooling by the backbone's scale: the fused layout."""
+    path = tmp_path_factory.mktemp("ckpt") / "student.safetensors"
+    model = build_dehazer("edge-xs", depth="student-s", fusion="lite",
+                          depth_kwargs={"widths": [8, 16, 16, 16], "blocks": [1, 1, 1, 1]})
+    save_dehazer(path, _perturbed(model, seed=2, scale=0.03))
+    return path
+
+
+def test_two_graph_int8_in_the_fused_layout(student_ckpt, tmp_path):
+    """--two-graph --int8 (PTQ): depth and fuse graphs in the fused layout; the chain equals the single INT8 graph,
+    and the runtime's depth-every-N path runs it."""
+    import edgehaze.runtime as runtime
+
+    res = export_checkpoint(student_ckpt, out=tmp_path, two_graph=True, precision="int8", method="ptq",
+                            calib="procedural", calib_images=4, holdout_images=2, calib_size=(48, 64), **QUIET)
+    meta = res.sidecar
+    assert set(meta["graphs"]) == {"full", "depth", "fuse"} and meta["accuracy"]["two_graph_max_diff"] <= 1
+    names = [f["name"] for f in meta["depth_features"]]
+    depth, fuse = _session(res.files["depth"]), _session(res.files["fuse"])
+    assert [i.name for i in fuse.get_inputs()] == ["image", *names]
+    fuse_ops = {n.op_type for n in onnx.load(str(res.files["fuse"])).graph.node}
+    assert "QuantizeLinear" in fuse_ops and "MatMul" in fuse_ops  # INT8 core + the fused apply step
+    assert any(n.name == "fused/apply_gain" for n in onnx.load(str(res.files["fuse"])).graph.node)
+    img = np.random.default_rng(6).integers(0, 256, size=(1, 45, 61, 3), dtype=np.uint8)
+    with runtime.Dehazer(res.files["onnx"], {"depth_every": 3}) as cached, runtime.Dehazer(res.files["onnx"]) as single:
+        for _ in range(4):  # a static scene: refreshing depth or not gives the single graph's output
+            a, b = cached.run(img[0]), single.run(img[0])
+            assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+        assert cached.depth_refreshes == 2
+
+
+def test_two_graph_int8_refusals(student_ckpt, bare_ckpt, tmp_path):
+    with pytest.raises(EdgehazeError, match="--method ptq"):
+        export_checkpoint(student_ckpt, out=tmp_path, two_graph=True, precision="int8", calib="procedural", **QUIET)
+    with pytest.raises(EdgehazeError, match="no depth branch"):
+        export_checkpoint(bare_ckpt, out=tmp_path, two_graph=True, precision="int8", method="ptq",
+                          calib="procedural", **QUIET)
+
+
 def _count(path: Path, op: str) -> int:
     return sum(n.op_type == op for n in onnx.load(str(path)).graph.node)
 
