@@ -133,6 +133,10 @@ class Dehazer:
                                 f"{self._fixed_hw[0]} (WxH) frames, got {w}x{h}; resize or export dynamic")
         ranges = self.meta.get("shape_ranges") or {}
         lo, hi = ranges.get("min"), ranges.get("max")
+        # the maximum is a TensorRT optimisation-profile bound; ONNX Runtime runs a dynamic graph at any
+        # size (a portrait 1080x1920 or a 4K frame), so only TensorRT-backed runs are held to it
+        if "tensorrt" not in self.backend_name.lower():
+            hi = [1, 1 << 30, 1 << 30, 3] if hi else hi
         if lo and hi and not (lo[1] <= h <= hi[1] and lo[2] <= w <= hi[2]):
             raise RuntimeError_(Status.SHAPE,
                                 f"frame {w}x{h} (WxH) is outside the artifact's shape range "

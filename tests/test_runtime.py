@@ -230,6 +230,18 @@ def test_bad_artifacts_name_the_file(tmp_path, art):
     assert err.code == Status.BAD_ARTIFACT and "tiny.json" in err.message
 
 
+def test_frames_above_the_tensorrt_profile_run_on_onnxruntime(art, tmp_path):
+    """shape_ranges.max bounds TensorRT profiles; ONNX Runtime runs a dynamic graph beyond it (portrait, 4K)."""
+    side = json.loads(Path(str(art).replace(".onnx", ".json")).read_text())
+    side["shape_ranges"]["max"] = [1, 40, 40, 3]
+    for p in Path(art).parent.glob(Path(art).stem + "*.onnx"):
+        shutil.copy(p, tmp_path / p.name)
+    (tmp_path / (Path(art).stem + ".json")).write_text(json.dumps(side))
+    with runtime.Dehazer(tmp_path / Path(art).name) as d:
+        x = frame(64, 48)  # taller and wider than the profile's max
+        np.testing.assert_array_equal(d.run(x), reference(art, x))
+
+
 def test_fixed_size_artifact_rejects_other_sizes(tmp_path):
     p = make_artifact(tmp_path, two_graph=False, dynamic=False, size=(32, 40))
     with runtime.Dehazer(p) as d:
