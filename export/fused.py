@@ -371,7 +371,6 @@ def fused_graph(core: "onnx.ModelProto", channel_order: str = "RGB", role: str =
     # the frame: bytes to NCHW (behind a layout barrier), zero-padded to whole cells, one Cast to float
     img = _barrier(b, b.op("Transpose", ["image"], "image_nchw", perm=[0, 3, 1, 2]), "image_nchw")
     zp = b.const("zp", np.array(0, np.uint8))
-    inv255 = b.const("inv255", np.array(1.0 / 255.0, np.float32))
     if scale > 1:
         pads = b.op("Concat", [i64("pads_head", [0, 0, 0, 0, 0, 0]), pad_hw], "pads", axis=0)
         img_p = b.op("Pad", [img, pads, zp], "image_padded", mode="constant")
@@ -401,7 +400,7 @@ def fused_graph(core: "onnx.ModelProto", channel_order: str = "RGB", role: str =
         inv_count = b.op("Reciprocal", [count255], "inv_cell_count")
         x_low = b.op("Mul", [sums, inv_count], "x_pooled")
     else:
-        x_low = b.op("DequantizeLinear", [img, inv255, zp], "x01_unpadded")
+        x_low = b.op("DequantizeLinear", [img, b.const("inv255", np.array(1.0 / 255.0, np.float32)), zp], "x01_unpadded")
     if bgr:  # the network wants RGB: reorder its (low-resolution) input, never the frame
         x_low = b.op("Gather", [x_low, i64("rev3", [2, 1, 0])], "x_low_rgb", axis=1)
     b.rename_output(x_low, "x_low")

@@ -133,14 +133,14 @@ class Dehazer:
                                 f"{self._fixed_hw[0]} (WxH) frames, got {w}x{h}; resize or export dynamic")
         ranges = self.meta.get("shape_ranges") or {}
         lo, hi = ranges.get("min"), ranges.get("max")
+        if lo and not (lo[1] <= h and lo[2] <= w):
+            raise RuntimeError_(Status.SHAPE, f"frame {w}x{h} (WxH) is below the artifact's minimum {lo[2]}x{lo[1]}")
         # the maximum is a TensorRT optimisation-profile bound; ONNX Runtime runs a dynamic graph at any
         # size (a portrait 1080x1920 or a 4K frame), so only TensorRT-backed runs are held to it
-        if "tensorrt" not in self.backend_name.lower():
-            hi = [1, 1 << 30, 1 << 30, 3] if hi else hi
-        if lo and hi and not (lo[1] <= h <= hi[1] and lo[2] <= w <= hi[2]):
-            raise RuntimeError_(Status.SHAPE,
-                                f"frame {w}x{h} (WxH) is outside the artifact's shape range "
-                                f"{lo[2]}x{lo[1]} .. {hi[2]}x{hi[1]}")
+        if hi and "tensorrt" in self.backend_name.lower() and not (h <= hi[1] and w <= hi[2]):
+            raise RuntimeError_(Status.SHAPE, f"frame {w}x{h} (WxH) is above the TensorRT profile's maximum "
+                                              f"{hi[2]}x{hi[1]} (shape_ranges.max in the sidecar); resize frames "
+                                              "to fit or run the ONNX graph")
 
     def _buffer(self, obj: Any, what: str, *, writable: bool) -> Buffer:
         """Describe a caller buffer without copying it; reject anything that is not uint8 HxWx3 C-contiguous."""
