@@ -79,9 +79,9 @@ def ort_session(model: "bytes | str", threads: int = 2, optimized_path: Optional
                                 providers=["CPUExecutionProvider"])
 
 
-def core_runner(sess, size: Size, scale: int) -> Callable[[], Any]:  # type: ignore[no-untyped-def]
-    """Zero-argument callable: the network alone (``x_low`` -> ``maps``) for a frame of ``size``."""
-    h, w = -(-size[0] // scale), -(-size[1] // scale)
+def core_runner(sess, size: Size, prepool: int) -> Callable[[], Any]:  # type: ignore[no-untyped-def]
+    """Zero-argument callable: the network alone (``x_low``: the frame pooled by ``prepool`` -> ``maps``)."""
+    h, w = -(-size[0] // prepool), -(-size[1] // prepool)
     feed = {"x_low": np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)}
     return lambda: sess.run(["maps"], feed)
 
@@ -224,7 +224,7 @@ def build_report(checkpoint: Optional[str] = None, threads: int = 2, rounds: int
 
     from edgehaze.export import graphs as G
     from edgehaze.export import onnx_export as O
-    from edgehaze.export.fused import export_core, fused_graph, internal_scale, quantize_core
+    from edgehaze.export.fused import export_core, fused_graph, internal_scale, prepool_factor, quantize_core
 
     torch.set_num_threads(threads)
     out_dir = Path(out_dir)
@@ -274,7 +274,7 @@ def build_report(checkpoint: Optional[str] = None, threads: int = 2, rounds: int
                 return m(x)
 
         sessions = {k: ort_session(v, threads) for k, v in graphs[key].items()}
-        cases = {f"ort_{k}": (core_runner(s, size, m.backbone.scale) if k.startswith("core") else ort_runner(s, size))
+        cases = {f"ort_{k}": (core_runner(s, size, prepool_factor(m)) if k.startswith("core") else ort_runner(s, size))
                  for k, s in sessions.items()}
         t = interleaved(cases, rounds=rounds)
         # eager apart: torch's OpenMP workers spin after each call and would slow whichever ORT case came next

@@ -42,7 +42,6 @@ cost near that of a 640x480 frame.
 from __future__ import annotations
 
 import copy
-import math
 import os
 import tempfile
 import warnings
@@ -85,7 +84,7 @@ def prepool_factor(model: "torch.nn.Module") -> int:  # noqa: F821
     outside the core. Otherwise (a depth model that needs the full frame, such
     as a DAv2 teacher) the core takes the full frame (factor 1).
     """
-    s = int(model.backbone.scale)
+    s = int(getattr(model.backbone, "scale", 1))  # full-resolution backbones have no scale
     d = model.depth
     if s <= 1:
         return 1
@@ -147,10 +146,17 @@ def export_core_module(core: "torch.nn.Module", scale: int, prepool: int, trace_
     """
     import torch
 
+    example = torch.rand(1, 3, *trace_hw, generator=torch.Generator().manual_seed(0))
+    return _export(core, (example,), ["x_low"], ["maps"], scale, prepool, opset)
+
+
+def _export(module: "torch.nn.Module", example: tuple, inputs: Sequence[str], outputs: Sequence[str],  # noqa: F821
+            scale: int, prepool: int, opset: int) -> "onnx.ModelProto":  # noqa: F821
+    """Trace a core (dynamic sizes), inline its constant identities, record ``scale`` / ``prepool``."""
     from edgehaze.export.onnx_export import export_module
 
-    example = (torch.rand(1, 3, *trace_hw, generator=torch.Generator().manual_seed(0)),)
-    model = inline_constant_identities(export_module(core.eval(), example, ["x_low"], ["maps"], dynamic=True, opset=opset))
+    model = inline_constant_identities(export_module(module.eval(), example, list(inputs), list(outputs), dynamic=True,
+                                                     opset=opset))
     _set_meta(model, scale, prepool)
     return model
 
@@ -167,7 +173,6 @@ def export_split_cores(model: "torch.nn.Module", trace_hw: Tuple[int, int] = (24
     import torch
 
     from edgehaze.export.graphs import DepthCore, FloatCore, depth_feature_specs, fold_batchnorm
-    from edgehaze.export.onnx_export import export_module
 
     factor = prepool_factor(model)
     if model.depth is None or factor == 1:
@@ -180,12 +185,8 @@ def export_split_cores(model: "torch.nn.Module", trace_hw: Tuple[int, int] = (24
     with torch.no_grad():
         feats = depth(example)
     scale = int(model.backbone.scale)
-    d = inline_constant_identities(export_module(depth, (example,), ["x_low"], names, dynamic=True, opset=opset))
-    f = inline_constant_identities(export_module(fuse, (example, *feats), ["x_low", *names], ["maps"], dynamic=True,
-                                                 opset=opset))
-    for core in (d, f):
-        _set_meta(core, scale, factor)
-    return d, f
+    return (_export(depth, (example,), ["x_low"], names, scale, factor, opset),
+            _export(fuse, (example, *feats), ["x_low", *names], ["maps"], scale, factor, opset))
 
 
 def _set_meta(model: "onnx.ModelProto", scale: int, prepool: int) -> None:  # noqa: F821
@@ -330,9 +331,9 @@ def _barrier(b: _Builder, x: str, name: str) -> str:
     """A reshape round trip (free: ORT aliases reshapes) that ORT's transpose optimiser does not cross.
 
     Without it, an INT8 core (which ORT runs in NHWC) makes the optimiser
-    push the frame's byte transpose down past the Pad and the
-    DequantizeLinear, and ORT then re-quantises and transposes the *float*
-    frame: ~14 ms of extra full-resolution passes at 1080p (profiled).
+    push the frame's byte transpose down past the Pad and the conversion to
+    float, and ORT then re-quantises and transposes the *float* frame: ~14 ms
+    of extra full-resolution passes at 1080p (profiled).
     """
     shape = b.op("Shape", [x], f"{name}_shape")
     flat = b.op("Reshape", [x, b.const(f"{name}_flat_shape", np.array([-1], np.int64))], f"{name}_flat")

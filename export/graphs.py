@@ -162,12 +162,11 @@ class DepthGraph(nn.Module):
 
     def __init__(self, model: nn.Module, channel_order: str = "RGB") -> None:
         super().__init__()
-        self.model = model
+        self.core = DepthCore(model)
         self.bgr = channel_order.upper() == "BGR"
 
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        feats = depth_features(self.model, uint8_to_float(image, self.bgr))
-        return tuple(feats[i] for i in used_levels(self.model))
+        return self.core(uint8_to_float(image, self.bgr))
 
 
 class FuseGraph(nn.Module):

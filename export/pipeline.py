@@ -62,12 +62,6 @@ def _rescaled(model: "torch.nn.Module", build: Dict[str, Any], scale: int,  # no
     return model, build
 
 
-def _prepool(model: "torch.nn.Module") -> int:  # noqa: F821
-    from edgehaze.export.fused import prepool_factor
-
-    return prepool_factor(model) if hasattr(model.backbone, "scale") else 1
-
-
 def export_checkpoint(
     checkpoint: "str | Path",
     out: Optional["str | Path"] = None,
@@ -100,6 +94,7 @@ def export_checkpoint(
     import torch
 
     from edgehaze.checkpoint import load_dehazer
+    from edgehaze.export import fused as FU
     from edgehaze.export import graphs as G
     from edgehaze.export import metadata as M
     from edgehaze.export import onnx_export as O
@@ -130,9 +125,11 @@ def export_checkpoint(
         log(f"internal scale {internal_scale}: the network runs at 1/{internal_scale} of the frame")
     if two_graph and model.depth is None:
         raise EdgehazeError(f"--two-graph: {checkpoint} has no depth branch; the single graph is all there is")
-    # two graphs in the fused layout (edge-* backbone, a CNN student pooling by a multiple of its scale)
-    split = (two_graph and fused and dynamic and precision in ("fp32", "int8") and G.has_correction_maps(model)
-             and _prepool(model) > 1)
+    # the fused full-resolution apply step (edge-* backbones; export/fused.py), and two graphs in that layout
+    # when the network can take the pooled frame (a CNN student pooling by a multiple of the backbone's scale)
+    fusable = fused and dynamic and precision in ("fp32", "int8") and G.has_correction_maps(model)
+    split = two_graph and fusable and FU.prepool_factor(model) > 1
+    fuse_apply = fusable and (split or not two_graph)
     if two_graph and precision == "int8" and not split:
         raise EdgehazeError(f"--two-graph with --int8: {checkpoint} is not in the fused layout (it needs an edge-* "
                             "backbone and a CNN student whose pool is a multiple of the backbone's scale, dynamic "
@@ -170,11 +167,8 @@ def export_checkpoint(
         )
     log(f"FP32 parity with PyTorch: uint8 max diff {parity['uint8_max_diff']}, float max abs {parity['float_max_abs']:.2e}")
 
-    # -- fused full-resolution apply step (edge-* backbones; see export/fused.py) --
-    fuse_apply = fused and dynamic and (split or not two_graph) and precision in ("fp32", "int8") and G.has_correction_maps(model)
+    # -- fused full-resolution apply step ------------------------------------------------
     if fuse_apply:
-        from edgehaze.export import fused as FU
-
         core32 = FU.export_core(model, opset=opset)
         fused32 = FU.fused_graph(core32, channel_order)
         parity["fused_uint8_max_diff"] = FU.uint8_difference(fused32, fp32, check_sizes)

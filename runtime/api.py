@@ -78,6 +78,12 @@ class Dehazer:
         self.depth_refreshes = 0
         self._since_refresh = n  # forces a refresh on the first frame
         self._fixed_hw = self._fixed_size()
+        ranges = self.meta.get("shape_ranges") or {}
+        lo, hi = ranges.get("min"), ranges.get("max")
+        self._min_hw = (int(lo[1]), int(lo[2])) if lo else None
+        # the maximum is a TensorRT optimisation-profile bound; ONNX Runtime runs a dynamic graph at any
+        # size (a portrait 1080x1920 or a 4K frame), so only TensorRT-backed runs are held to it
+        self._max_hw = (int(hi[1]), int(hi[2])) if hi and "tensorrt" in self.backend_name.lower() else None
         self._closed = False
 
     # -- properties ---------------------------------------------------------------------------------
@@ -131,15 +137,12 @@ class Dehazer:
             raise RuntimeError_(Status.SHAPE,
                                 f"{self.artifact.model_path.name} was exported for {self._fixed_hw[1]}x"
                                 f"{self._fixed_hw[0]} (WxH) frames, got {w}x{h}; resize or export dynamic")
-        ranges = self.meta.get("shape_ranges") or {}
-        lo, hi = ranges.get("min"), ranges.get("max")
-        if lo and not (lo[1] <= h and lo[2] <= w):
-            raise RuntimeError_(Status.SHAPE, f"frame {w}x{h} (WxH) is below the artifact's minimum {lo[2]}x{lo[1]}")
-        # the maximum is a TensorRT optimisation-profile bound; ONNX Runtime runs a dynamic graph at any
-        # size (a portrait 1080x1920 or a 4K frame), so only TensorRT-backed runs are held to it
-        if hi and "tensorrt" in self.backend_name.lower() and not (h <= hi[1] and w <= hi[2]):
+        lo, hi = self._min_hw, self._max_hw
+        if lo and not (lo[0] <= h and lo[1] <= w):
+            raise RuntimeError_(Status.SHAPE, f"frame {w}x{h} (WxH) is below the artifact's minimum {lo[1]}x{lo[0]}")
+        if hi and not (h <= hi[0] and w <= hi[1]):
             raise RuntimeError_(Status.SHAPE, f"frame {w}x{h} (WxH) is above the TensorRT profile's maximum "
-                                              f"{hi[2]}x{hi[1]} (shape_ranges.max in the sidecar); resize frames "
+                                              f"{hi[1]}x{hi[0]} (shape_ranges.max in the sidecar); resize frames "
                                               "to fit or run the ONNX graph")
 
     def _buffer(self, obj: Any, what: str, *, writable: bool) -> Buffer:
