@@ -13,6 +13,7 @@ same function from the ops ORT runs near memory speed::
         -Cast-> x255 (float, 0..255, zero-padded)
     x255 -Reshape, ReduceSum, ReduceSum, x 1/(255 count) (low res)-> x_low   (the pooling, as the model does it)
     x_low -core (the network, INT8 or float)-> maps (1 x 6 x h x w)
+    maps [-guided refit on x_low (edge.guided_refit, low resolution), when the backbone's apply is "guided"]
     maps -> 1 + K, 255 B -edge Pad, 3-tap stack, MatMul (w -> W: 3 x s weights)->
         -3-tap stack, MatMul (h -> H: s x 3 weights)-> G = 1 + K, B = 255 B at full size
     QuantizeLinear(x255 * G + B, scale 1)  (clamp, round half to even, cast in one pass)
@@ -42,6 +43,7 @@ cost near that of a 640x480 frame.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import tempfile
 import warnings
@@ -53,6 +55,16 @@ import numpy as np
 DEFAULT_QUANT_OPS = ("Conv", "Relu", "Add")
 #: metadata keys a core carries so that :func:`fused_graph` knows how to wrap it
 META_SCALE, META_PREPOOL = "edgehaze.fused.scale", "edgehaze.fused.prepool"
+#: the guided refit's radius (cells) and per-channel eps, when the backbone applies its maps guided
+META_GUIDE = "edgehaze.fused.guide"
+
+
+def guide_spec(model: "torch.nn.Module") -> Optional[dict]:  # noqa: F821
+    """``{"radius", "eps"}`` of an edge backbone with ``apply="guided"``, else None."""
+    b = model.backbone
+    if getattr(b, "apply", "bilinear") != "guided":
+        return None
+    return {"radius": int(b.guide_radius), "eps": [float(v) for v in b.guide_eps().detach().cpu()]}
 
 
 def internal_scale(model: "torch.nn.Module", scale: int) -> "torch.nn.Module":  # noqa: F821
@@ -134,30 +146,31 @@ def export_core(model: "torch.nn.Module", trace_hw: Tuple[int, int] = (24, 32), 
     factor = prepool_factor(model)
     core = FloatCore(prepooled(fold_batchnorm(copy.deepcopy(model)), factor)).eval()
     hw = trace_hw if factor > 1 else (trace_hw[0] * 4, trace_hw[1] * 4)
-    return export_core_module(core, int(model.backbone.scale), factor, hw, opset)
+    return export_core_module(core, int(model.backbone.scale), factor, hw, opset, guide=guide_spec(model))
 
 
 def export_core_module(core: "torch.nn.Module", scale: int, prepool: int, trace_hw: Tuple[int, int] = (24, 32),  # noqa: F821
-                       opset: int = 17) -> "onnx.ModelProto":  # noqa: F821
+                       opset: int = 17, guide: Optional[dict] = None) -> "onnx.ModelProto":  # noqa: F821
     """Export a ready core module (``FloatCore`` of a :func:`prepooled` model, or NNCF's stripped QAT core).
 
     ``scale``: the maps' stride in frame pixels (the backbone's scale before
-    prepooling); ``prepool``: the factor the core's input is pooled by.
+    prepooling); ``prepool``: the factor the core's input is pooled by;
+    ``guide``: :func:`guide_spec` of the model (the fused graph refits the maps).
     """
     import torch
 
     example = torch.rand(1, 3, *trace_hw, generator=torch.Generator().manual_seed(0))
-    return _export(core, (example,), ["x_low"], ["maps"], scale, prepool, opset)
+    return _export(core, (example,), ["x_low"], ["maps"], scale, prepool, opset, guide)
 
 
 def _export(module: "torch.nn.Module", example: tuple, inputs: Sequence[str], outputs: Sequence[str],  # noqa: F821
-            scale: int, prepool: int, opset: int) -> "onnx.ModelProto":  # noqa: F821
-    """Trace a core (dynamic sizes), inline its constant identities, record ``scale`` / ``prepool``."""
+            scale: int, prepool: int, opset: int, guide: Optional[dict] = None) -> "onnx.ModelProto":  # noqa: F821
+    """Trace a core (dynamic sizes), inline its constant identities, record ``scale`` / ``prepool`` / ``guide``."""
     from edgehaze.export.onnx_export import export_module
 
     model = inline_constant_identities(export_module(module.eval(), example, list(inputs), list(outputs), dynamic=True,
                                                      opset=opset))
-    _set_meta(model, scale, prepool)
+    _set_meta(model, scale, prepool, guide)
     return model
 
 
@@ -186,16 +199,25 @@ def export_split_cores(model: "torch.nn.Module", trace_hw: Tuple[int, int] = (24
         feats = depth(example)
     scale = int(model.backbone.scale)
     return (_export(depth, (example,), ["x_low"], names, scale, factor, opset),
-            _export(fuse, (example, *feats), ["x_low", *names], ["maps"], scale, factor, opset))
+            _export(fuse, (example, *feats), ["x_low", *names], ["maps"], scale, factor, opset, guide_spec(model)))
 
 
-def _set_meta(model: "onnx.ModelProto", scale: int, prepool: int) -> None:  # noqa: F821
+def _set_meta(model: "onnx.ModelProto", scale: int, prepool: int, guide: Optional[dict] = None) -> None:  # noqa: F821
     import onnx
 
-    keep = [p for p in model.metadata_props if p.key not in (META_SCALE, META_PREPOOL)]
+    ours = (META_SCALE, META_PREPOOL, META_GUIDE)
+    keep = {p.key: p.value for p in model.metadata_props if p.key not in ours}
+    new = {META_SCALE: str(scale), META_PREPOOL: str(prepool)}
+    if guide is not None:
+        new[META_GUIDE] = json.dumps(guide)
     del model.metadata_props[:]
-    model.metadata_props.extend(keep)
-    onnx.helper.set_model_props(model, {**{p.key: p.value for p in keep}, META_SCALE: str(scale), META_PREPOOL: str(prepool)})
+    onnx.helper.set_model_props(model, {**keep, **new})
+
+
+def guide_meta(core: "onnx.ModelProto") -> Optional[dict]:  # noqa: F821
+    """The guided refit recorded on a core (:func:`guide_spec`), or None (bilinear apply)."""
+    props = {p.key: p.value for p in core.metadata_props}
+    return json.loads(props[META_GUIDE]) if META_GUIDE in props else None
 
 
 def core_meta(core: "onnx.ModelProto") -> Tuple[int, int]:  # noqa: F821
@@ -271,7 +293,7 @@ def quantize_core(core: "onnx.ModelProto", calib01: Sequence[np.ndarray],  # noq
                             op_types_to_quantize=list(op_types),
                             extra_options={"ActivationSymmetric": False})
         out = onnx.load(dst)
-    _set_meta(out, scale, prepool)
+    _set_meta(out, scale, prepool, guide_meta(core))
     return out
 
 
@@ -338,6 +360,34 @@ def _barrier(b: _Builder, x: str, name: str) -> str:
     shape = b.op("Shape", [x], f"{name}_shape")
     flat = b.op("Reshape", [x, b.const(f"{name}_flat_shape", np.array([-1], np.int64))], f"{name}_flat")
     return b.op("Reshape", [flat, shape], f"{name}_kept")
+
+
+def _box(b: _Builder, x: str, radius: int, name: str) -> str:
+    """Mean over (2r+1)^2 cells, borders averaging the cells that exist (``edge.box_mean``)."""
+    k = 2 * radius + 1
+    return b.op("AveragePool", [x], name, kernel_shape=[k, k], strides=[1, 1], pads=[radius] * 4, count_include_pad=0)
+
+
+def _guided_refit(b: _Builder, guide: str, maps: str, spec: dict) -> str:
+    """The low-resolution guided refit of the maps (:func:`edgehaze.models.backbones.edge.guided_refit`)."""
+    r = int(spec["radius"])
+    i64 = lambda name, v: b.const(name, np.array(v, np.int64))  # noqa: E731
+    eps = b.const("guide_eps", np.asarray(spec["eps"], np.float32).reshape(1, 3, 1, 1))
+    k = b.op("Slice", [maps, i64("g_k_lo", [0]), i64("g_k_hi", [3]), i64("g_axis", [1])], "guide_k")
+    off = b.op("Slice", [maps, i64("g_b_lo", [3]), i64("g_b_hi", [6]), i64("g_axis2", [1])], "guide_b")
+    one = b.const("guide_one", np.array(1.0, np.float32))
+    gain = b.op("Add", [one, k], "guide_gain")
+    target = b.op("Add", [b.op("Mul", [guide, gain], "guide_ig"), off], "guide_target")
+    mean_i, mean_j = _box(b, guide, r, "guide_mean_i"), _box(b, target, r, "guide_mean_j")
+    cov = b.op("Sub", [_box(b, b.op("Mul", [guide, target], "guide_ij"), r, "guide_mean_ij"),
+                       b.op("Mul", [mean_i, mean_j], "guide_mi_mj")], "guide_cov")
+    var = b.op("Sub", [_box(b, b.op("Mul", [guide, guide], "guide_ii"), r, "guide_mean_ii"),
+                       b.op("Mul", [mean_i, mean_i], "guide_mi_mi")], "guide_var")
+    num = b.op("Add", [cov, b.op("Mul", [eps, _box(b, gain, r, "guide_mean_gain")], "guide_prior")], "guide_num")
+    a = b.op("Div", [num, b.op("Add", [var, eps], "guide_den")], "guide_a")
+    bb = b.op("Sub", [mean_j, b.op("Mul", [a, mean_i], "guide_a_mi")], "guide_bb")
+    k2 = b.op("Sub", [_box(b, a, r, "guide_mean_a"), one], "guide_k_refit")
+    return b.op("Concat", [k2, _box(b, bb, r, "guide_mean_b")], "maps_refit", axis=1)
 
 
 def fused_graph(core: "onnx.ModelProto", channel_order: str = "RGB", role: str = "full") -> "onnx.ModelProto":  # noqa: F821
@@ -411,6 +461,12 @@ def fused_graph(core: "onnx.ModelProto", channel_order: str = "RGB", role: str =
 
     # maps -> 1 + K and 255 B (low resolution), in the frame's channel order
     maps = "maps"
+    guide = guide_meta(core)
+    if guide is not None:  # refit to the pooled frame (RGB, [0, 1]) as the model's apply step does
+        pooled = "x_low" if prepool > 1 else b.op(
+            "AveragePool", ["x_low"], "guide_pool", kernel_shape=[scale, scale], strides=[scale, scale],
+            ceil_mode=1, count_include_pad=0)
+        maps = _guided_refit(b, pooled, maps, guide)
     if bgr:
         maps = b.op("Gather", [maps, i64("rev6", [2, 1, 0, 5, 4, 3])], "maps_bgr", axis=1)
     mul = b.const("map_mul", np.array([1.0] * 3 + [255.0] * 3, np.float32).reshape(1, 6, 1, 1))
@@ -464,18 +520,22 @@ def _index_of(nodes: list, output: str) -> int:
     return next(i for i, n in enumerate(nodes) if output in n.output)
 
 
-def reference_apply(image_u8: np.ndarray, maps: np.ndarray, scale: int) -> np.ndarray:
+def reference_apply(image_u8: np.ndarray, maps: np.ndarray, scale: int, guide: Optional[dict] = None) -> np.ndarray:
     """The unfused reference: the model's own apply step, in numpy/torch terms.
 
     ``image_u8``: 1 x H x W x 3 uint8; ``maps``: 1 x 6 x h x w float at stride
-    ``scale``. Returns 1 x H x W x 3 uint8 = round(clamp(apply_correction(x, maps), 0, 1) * 255).
+    ``scale``; ``guide``: a :func:`guide_spec` (refit first, as ``apply="guided"``).
+    Returns 1 x H x W x 3 uint8 = round(clamp(apply_correction(x, maps), 0, 1) * 255).
     """
     import torch
 
-    from edgehaze.models.backbones.edge import apply_correction
+    from edgehaze.models.backbones.edge import apply_correction, guided_refit, pool_frame
 
     x = torch.from_numpy(image_u8).permute(0, 3, 1, 2).float() / 255.0
-    y = apply_correction(x, torch.from_numpy(maps), scale)
+    m = torch.from_numpy(maps)
+    if guide is not None:
+        m = guided_refit(pool_frame(x, scale), m, int(guide["radius"]), torch.tensor(guide["eps"], dtype=torch.float32))
+    y = apply_correction(x, m, scale)
     return torch.round(torch.clamp(y, 0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
@@ -507,5 +567,5 @@ def uint8_difference(a: "onnx.ModelProto", b: "onnx.ModelProto", sizes: Sequence
 
 
 __all__ = ["inline_constant_identities", "internal_scale", "prepool_factor", "prepooled", "pool_image", "export_core",
-           "export_core_module", "export_split_cores", "core_meta", "upsample_weights", "uint8_difference", "quantize_core", "fused_graph",
+           "export_core_module", "guide_spec", "guide_meta", "export_split_cores", "core_meta", "upsample_weights", "uint8_difference", "quantize_core", "fused_graph",
            "export_fused", "reference_apply", "DEFAULT_QUANT_OPS"]

@@ -193,7 +193,8 @@ def export_checkpoint(
             prepool = FU.prepool_factor(model) if fuse_apply else 1
             qfloat = Q.qat_quantize(model, data.calib, steps=qat_steps, progress=progress, prepool=prepool)
             if fuse_apply:
-                final = FU.fused_graph(FU.export_core_module(qfloat.core, int(model.backbone.scale), prepool, opset=opset),
+                final = FU.fused_graph(FU.export_core_module(qfloat.core, int(model.backbone.scale), prepool, opset=opset,
+                                                               guide=FU.guide_spec(model)),
                                        channel_order)
             else:
                 final = O.export_module(G.FullGraph(qfloat, channel_order), (example,), ["image"], ["dehazed"], dynamic, opset)

@@ -7,6 +7,13 @@ Two sources:
   ``edgehaze synth --clear DIR --depth-model dav2-s --depth-weights W.pth --out DATA``
 * procedural RGB-D scenes with exact depth (quickstart, tests):
   ``edgehaze synth --procedural 200 --out DATA``
+* real RGB-D folders, hazed many times with physically varied haze
+  (:mod:`edgehaze.data.rgbd_synth`): FRIDA2 (``clear/`` + ``depth_cm/``),
+  generic ``clear/`` + ``depth/``, or hazy/clear pairs whose transmission
+  gives the depth back (RESIDE: ``hazy/`` + ``gt/``):
+  ``edgehaze synth --rgbd sots_indoor_train --rgbd frida2 --variants 8 --keep-pairs --out DATA``
+  writes ``DATA/{train,val,test}/`` split by scene (FRIDA2: every 5th scene
+  is test; every 7th remaining scene is validation).
 
 Either way the output is DehazeFormer's layout, ``DATA/{train,test}/{GT,hazy}/``
 with a ``meta/NAME.json`` per image (beta, airlight, depth source), which
@@ -28,6 +35,26 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
     src = p.add_argument_group("source (one of)")
     src.add_argument("--clear", type=Path, help="folder (or glob) of clear images")
     src.add_argument("--procedural", type=int, metavar="N", help="generate N procedural RGB-D scenes")
+    src.add_argument("--rgbd", type=Path, action="append", metavar="DIR",
+                     help="real RGB-D folder (repeatable): FRIDA2, clear/+depth/, or hazy/+gt/ pairs")
+    rg = p.add_argument_group("--rgbd options")
+    rg.add_argument("--rgbd-layout", choices=["auto", "pairs", "frida2", "generic"], default="auto")
+    rg.add_argument("--variants", type=int, default=8, help="hazy renderings per scene (default 8)")
+    rg.add_argument("--test-variants", type=int, default=None, help="renderings per test scene (default: --variants)")
+    rg.add_argument("--test-every", type=int, default=None,
+                    help="every K-th scene is test (default: 5 for FRIDA2, 0 = none otherwise)")
+    rg.add_argument("--val-every", type=int, default=7, help="every K-th remaining scene is validation (default 7)")
+    rg.add_argument("--keep-pairs", action="store_true",
+                    help="also copy the source's own hazy images (pairs, FRIDA2 fog types) of train/val scenes")
+    rg.add_argument("--beta-rel", type=float, nargs=2, metavar=("LO", "HI"), default=None,
+                    help="beta per unit of relative depth (default 0.3 2.2)")
+    rg.add_argument("--visibility-m", type=float, nargs=2, metavar=("LO", "HI"), default=None,
+                    help="metric scenes: visibility range in metres, beta = 3/V (default 40 600)")
+    rg.add_argument("--nonhomogeneous", type=float, default=None, help="probability of patchy fog (default 0.5)")
+    rg.add_argument("--noise", type=float, default=None, help="probability of sensor noise (default 0.4)")
+    rg.add_argument("--jpeg", type=float, default=None, help="probability of JPEG compression (default 0.3)")
+    rg.add_argument("--exposure", type=float, nargs=2, metavar=("LO", "HI"), default=None,
+                    help="exposure gain range on scene and airlight (default 0.8 1.1)")
     dep = p.add_argument_group("depth for --clear (one of)")
     dep.add_argument("--depth", type=Path, metavar="DIR", help="depth maps, same stem as each image (.npy, 16-bit .png, 8-bit)")
     dep.add_argument("--depth-model", metavar="NAME", help="depth teacher (e.g. dav2-s, dav2-l; 'tiny' for tests)")
@@ -46,7 +73,8 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
                    help="scattering coefficient range (default 0.6 1.8 for --clear, 1.0 2.5 procedural)")
     p.add_argument("--airlight", type=float, nargs=2, metavar=("LO", "HI"), default=None,
                    help="airlight range in [0, 1] (default 0.7 1.0)")
-    p.add_argument("--tint", type=float, default=0.0, help="per-channel airlight jitter (0 = grey haze)")
+    p.add_argument("--tint", type=float, default=None,
+                   help="per-channel airlight jitter (default 0 = grey haze; --rgbd: 0.05)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=(128, 128), help="procedural image size")
     p.add_argument("--test-fraction", type=float, default=0.2, help="procedural: share of images in test/")
@@ -58,9 +86,12 @@ def run(args: argparse.Namespace) -> int:
     from edgehaze.data.synthesis import DEFAULT_AIRLIGHT, DEFAULT_BETA
     from edgehaze.errors import EdgehazeError
 
-    if (args.clear is None) == (args.procedural is None):
-        raise EdgehazeError("give exactly one source: --clear DIR or --procedural N")
+    if sum(x is not None for x in (args.clear, args.procedural, args.rgbd)) != 1:
+        raise EdgehazeError("give exactly one source: --clear DIR, --procedural N or --rgbd DIR")
+    if args.rgbd:
+        return _run_rgbd(args)
     airlight = tuple(args.airlight) if args.airlight else DEFAULT_AIRLIGHT
+    args.tint = args.tint or 0.0
     if args.procedural is not None:
         from edgehaze.data.procedural import PROCEDURAL_BETA, make_procedural_dataset
 
@@ -114,3 +145,28 @@ def run(args: argparse.Namespace) -> int:
     for item in result["skipped"]:
         print(f"skipped {item['name']}: {item['reason']}")
     return 0 if result["written"] else 2
+
+
+def _run_rgbd(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from edgehaze.data.rgbd_synth import HazeRecipe, load_source, make_rgbd_dataset
+
+    recipe = HazeRecipe()
+    overrides = {"beta_rel": args.beta_rel, "visibility_m": args.visibility_m, "airlight": args.airlight,
+                 "tint": args.tint, "nonhomogeneous": args.nonhomogeneous, "noise": args.noise,
+                 "jpeg": args.jpeg, "exposure": args.exposure}
+    recipe = replace(recipe, **{k: (tuple(v) if isinstance(v, list) else v)
+                                for k, v in overrides.items() if v is not None})
+    sources = []
+    for root in args.rgbd:
+        src = load_source(root, layout=args.rgbd_layout, test_every=args.test_every,
+                          depth_scale=args.depth_scale, depth_kind=args.depth_kind)
+        print(f"{root}: {len(src.scenes)} scenes ({src.layout}; test every {src.test_every or 'none'})")
+        sources.append(src)
+    counts = make_rgbd_dataset(sources, args.out, variants=args.variants, recipe=recipe, seed=args.seed,
+                               val_every=args.val_every, keep_pairs=args.keep_pairs,
+                               test_variants=args.test_variants)
+    print(f"wrote {counts['train']} train, {counts['val']} val, {counts['test']} test pairs to {args.out}")
+    print(f"next: edgehaze train --config configs/real_edge-s.yaml data.root={args.out}")
+    return 0

@@ -11,9 +11,30 @@ applied to the full-resolution input in one step: ``J = K * I + B + I``
 A 1080p frame therefore costs little more than its low-resolution copy.
 
 Fusion points are the residual stages at strides ``scale`` and ``2*scale``.
+
+Edge-aware apply (``apply="guided"``, the default of the shipped models):
+maps at 1/8 of the frame, upsampled bilinearly, cannot follow a depth edge,
+and leave dark or bright rims beside poles and trees. So the network's
+low-resolution result ``J_l = (1 + K) I_l + B`` is refitted, before
+upsampling, as a local linear function of the pooled frame ``I_l`` in
+windows of ``(2 r + 1)^2`` cells, per channel (He and Sun's fast guided
+filter; Wu et al., "Fast End-to-End Trainable Guided Filter", CVPR 2018)::
+
+    a = (cov(I_l, J_l) + eps * mean(1 + K)) / (var(I_l) + eps),   b = mean(J_l) - a mean(I_l)
+    K' = mean(a) - 1,  B' = mean(b)                               (means over the window)
+
+The ridge term pulls ``a`` towards the network's own gain instead of 0 (a
+plain guided filter's prior, which would flatten texture), so where ``K``
+and ``B`` are constant over a window the refit returns them exactly; across
+an edge it finds the line through both sides' intensities, and the full-
+resolution frame then selects its side pixel by pixel. ``eps`` (per
+channel) is learnt. The apply step itself is unchanged (``K'``, ``B'``
+upsampled and applied as ``J = (1 + K') I + B'``), so the fused export's
+full-resolution cost does not grow: the refit is ~10 low-resolution passes.
 """
 from __future__ import annotations
 
+import math
 from typing import List, Sequence
 
 import torch
@@ -72,6 +93,36 @@ def upsample_maps(maps: torch.Tensor, scale: int, size: Sequence[int]) -> torch.
     return maps[..., : size[0], : size[1]]
 
 
+def pool_frame(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """The network's view of the frame: ceil-mode average pooling by ``scale`` (partial cells average what they hold)."""
+    if scale <= 1:
+        return x
+    return F.avg_pool2d(x, scale, scale, ceil_mode=True, count_include_pad=False)
+
+
+def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Mean over ``(2r+1)^2`` cells; at the borders, over the cells that exist."""
+    k = 2 * int(radius) + 1
+    return F.avg_pool2d(x, k, 1, int(radius), count_include_pad=False)
+
+
+def guided_refit(guide: torch.Tensor, maps: torch.Tensor, radius: int, eps: torch.Tensor) -> torch.Tensor:
+    """Correction maps refitted as local linear functions of ``guide`` (module docstring).
+
+    ``guide``: B x 3 x h x w pooled frame; ``maps``: B x 6 x h x w (``K``, ``B``);
+    ``eps``: 3 values (one per channel). Returns refitted B x 6 x h x w maps.
+    """
+    eps = eps.reshape(1, 3, 1, 1)
+    gain, offset = 1.0 + maps[:, :3], maps[:, 3:]
+    target = guide * gain + offset
+    mean_i, mean_j = box_mean(guide, radius), box_mean(target, radius)
+    cov = box_mean(guide * target, radius) - mean_i * mean_j
+    var = box_mean(guide * guide, radius) - mean_i * mean_i
+    a = (cov + eps * box_mean(gain, radius)) / (var + eps)
+    b = mean_j - a * mean_i
+    return torch.cat([box_mean(a, radius) - 1.0, box_mean(b, radius)], dim=1)
+
+
 def apply_correction(x: torch.Tensor, maps: torch.Tensor, scale: int) -> torch.Tensor:
     """``J = K*I + B + I`` with the maps upsampled to ``x`` (:func:`upsample_maps`)."""
     maps = upsample_maps(maps, scale, x.shape[-2:])
@@ -90,14 +141,26 @@ class EdgeDehazer(Backbone):
         has), and the maps are upsampled by exactly ``scale`` and cropped to
         the input, so every map cell stays centred on the pixels it pooled.
     blocks: residual blocks per stage (stride scale, 2*scale, 4*scale).
+    apply: ``bilinear`` (maps upsampled as predicted) or ``guided`` (refitted
+        to the pooled frame first, :func:`guided_refit`; window radius
+        ``guide_radius`` cells, ``eps`` learnt from ``guide_eps``).
     """
 
-    def __init__(self, width: int = 32, scale: int = 4, blocks: Sequence[int] = (2, 2, 1), max_width: int = 64) -> None:
+    def __init__(self, width: int = 32, scale: int = 4, blocks: Sequence[int] = (2, 2, 1), max_width: int = 64,
+                 apply: str = "bilinear", guide_radius: int = 1, guide_eps: float = 1e-3) -> None:
         super().__init__()
         if scale < 1:
             raise ValueError("scale must be >= 1")
+        if apply not in ("bilinear", "guided"):
+            raise ValueError(f"apply must be 'bilinear' or 'guided', not {apply!r}")
+        if guide_radius < 1 or guide_eps <= 0:
+            raise ValueError("guide_radius must be >= 1 and guide_eps > 0")
         self.scale = int(scale)
         self.width = int(width)
+        self.apply = apply
+        self.guide_radius = int(guide_radius)
+        if apply == "guided":
+            self.guide_log_eps = nn.Parameter(torch.full((3,), math.log(guide_eps)))
         w1, w2, w3 = width, min(2 * width, max_width), min(4 * width, max_width)
         self.widths = (w1, w2, w3)
         self.stem = conv_bn_relu(3, w1)
@@ -123,9 +186,7 @@ class EdgeDehazer(Backbone):
 
     def correction_maps(self, x: torch.Tensor) -> torch.Tensor:
         """Low-resolution maps (B x 6 x H/scale x W/scale): gain K, offset B."""
-        small = x
-        if self.scale > 1:
-            small = F.avg_pool2d(x, self.scale, self.scale, ceil_mode=True, count_include_pad=False)
+        small = pool_frame(x, self.scale)
         f1 = self.stage1(self.stem(small))
         f2 = self.stage2(self.down2(f1))
         f3 = self.stage3(self.down3(f2))
@@ -133,8 +194,20 @@ class EdgeDehazer(Backbone):
         u1 = self.up1(f1 + F.interpolate(self.lat2(u2), size=f1.shape[-2:], mode="bilinear", align_corners=False))
         return self.head(u1)
 
+    def guide_eps(self) -> torch.Tensor:
+        """The guided refit's per-channel ``eps`` (3 values)."""
+        return self.guide_log_eps.exp()
+
+    def refit_maps(self, small: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+        """The maps the apply step uses: refitted to the pooled frame ``small`` when ``apply="guided"``."""
+        if self.apply != "guided":
+            return maps
+        return guided_refit(small, maps, self.guide_radius, self.guide_eps())
+
     def apply_maps(self, x: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
-        """Upsample the maps to ``x``'s size and apply ``J = K*I + B + I``."""
+        """Refit (guided), upsample the maps to ``x``'s size and apply ``J = K*I + B + I``."""
+        if self.apply == "guided":
+            maps = self.refit_maps(pool_frame(x, self.scale), maps)
         return apply_correction(x, maps, self.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
