@@ -36,6 +36,8 @@ class Options:
     depth_every: int = 1              # refresh depth features every N frames (N>1 needs the two-graph export)
     device_id: int = 0
     trt_cache_dir: str | None = None  # ORT TensorRT provider engine cache (default: ARTIFACT_DIR/trt_cache)
+    temporal: float = 0.0             # causal smoothing of the low-res maps, strength in [0, 1) (0 = off, bit-exact)
+    bypass: bool = False              # pass clear frames (dark-channel haze score, hysteresis) through unchanged
 
     @classmethod
     def coerce(cls, options: "Options | dict | None") -> "Options":
@@ -68,6 +70,7 @@ class Dehazer:
         self.artifact: Artifact = resolve(artifact_path)
         kw = asdict(self.options)
         kw.pop("depth_every")
+        temporal, bypass = kw.pop("temporal"), kw.pop("bypass")
         self._backend = open_backend(self.artifact, two_graph=n > 1, **kw)
         self.backend_name: str = self._backend.name
         self.device: str = self._backend.device
@@ -85,6 +88,13 @@ class Dehazer:
         # size (a portrait 1080x1920 or a 4K frame), so only TensorRT-backed runs are held to it
         self._max_hw = (int(hi[1]), int(hi[2])) if hi and "tensorrt" in self.backend_name.lower() else None
         self._closed = False
+        # video mode (runtime/temporal.py): smoothing between the split graphs, and the clear-frame gate
+        from .temporal import HazeGate, TemporalRunner
+        if isinstance(temporal, bool) or not isinstance(temporal, (int, float)) or not 0.0 <= temporal < 1.0:
+            raise RuntimeError_(Status.BAD_ARGUMENT, f"temporal must be a strength in [0, 1), got {temporal!r}")
+        self._temporal = TemporalRunner(self._backend, float(temporal)) if temporal > 0 else None
+        self._gate = HazeGate() if bypass else None
+        self.scene_cuts = 0
 
     # -- properties ---------------------------------------------------------------------------------
     @property
@@ -114,19 +124,45 @@ class Dehazer:
         dst = self._buffer(out, "out", writable=True)
         if dst.shape != src.shape:
             raise RuntimeError_(Status.SHAPE, f"out has shape {dst.shape[1:]}, frame needs ({h}, {w}, 3)")
-        if self._backend.two_graph:
-            if self._since_refresh >= self.depth_every or self._backend._feat_shape != src.shape:
-                self._backend.refresh_depth(src)
-                self._since_refresh = 0
-                self.depth_refreshes += 1
+        if self._gate is not None and src.device == "cpu" and self._gate(src.owner.reshape(src.shape[1:])):
+            np.copyto(dst.owner.reshape(dst.shape[1:]), src.owner.reshape(src.shape[1:]))  # clear: unchanged
+            if self._temporal is not None:
+                self._temporal.forget()
+        elif self._temporal is not None:
+            self._run_temporal(src, dst)
+        elif self._backend.two_graph:
+            self._refresh_if_due(src)
             self._backend.run_fuse(src, dst)
-            self._since_refresh += 1
         else:
             self._backend.run_full(src, dst)
         self.frames += 1
         return out
 
     __call__ = run
+
+    def _refresh_if_due(self, src: Buffer, force: bool = False) -> bool:
+        """Depth features for this frame: refreshed every ``depth_every`` frames, on a new size or when forced."""
+        due = force or self._since_refresh >= self.depth_every or self._backend._feat_shape != src.shape
+        if due:
+            self._backend.refresh_depth(src)
+            self._since_refresh = 0
+            self.depth_refreshes += 1
+        self._since_refresh += 1
+        return due
+
+    def _run_temporal(self, src: Buffer, dst: Buffer) -> None:
+        """maps graph -> smoothing (one scene-change test for the maps and the held depth) -> apply graph."""
+        t = self._temporal
+        refreshed = self._refresh_if_due(src) if self._backend.two_graph else False
+        t.run_maps(src)
+        changed = t.smooth()
+        self.scene_cuts = t.scene.cuts
+        if changed and self.frames:
+            if self._backend.two_graph and not refreshed:  # the held depth features belong to the old scene
+                self._refresh_if_due(src, force=True)
+                t.run_maps(src)
+                t.restart()
+        t.run_apply(src, dst)
 
     def refresh_depth_next(self) -> None:
         """Make the next ``run`` recompute the depth features (e.g. after a scene cut)."""
@@ -195,6 +231,8 @@ class Dehazer:
     def close(self) -> None:
         """Release the sessions/engine; further ``run`` calls raise CLOSED. Idempotent."""
         if not self._closed:
+            if self._temporal is not None:
+                self._temporal.close()
             self._backend.close()
             self._closed = True
 

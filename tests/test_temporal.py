@@ -1,0 +1,176 @@
+"""Video mode: the flicker measure, map smoothing in the runtime, scene cuts and the clear-frame bypass."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+cv2 = pytest.importorskip("cv2")
+
+import runtime  # noqa: E402
+from runtime.errors import RuntimeError_, Status  # noqa: E402
+from runtime.flicker import WarpingError, tof, warping_error  # noqa: E402
+from runtime.temporal import HazeGate, MapSmoother, haze_score  # noqa: E402
+
+
+def _texture(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A smooth, textured RGB image (optical flow has something to lock on)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(h // 8 + 2, w // 8 + 2, 3), dtype=np.uint8)
+    return cv2.resize(small, (w + 16, h + 16), interpolation=cv2.INTER_CUBIC)[8:8 + h, 8:8 + w].copy()
+
+
+# -- the measure ----------------------------------------------------------------------------------
+def test_warping_error_of_a_static_video_is_zero():
+    f = _texture(96, 128)
+    assert warping_error([f, f.copy(), f.copy()]) == 0.0
+
+
+def test_warping_error_of_a_shifted_copy_is_zero_after_warping():
+    big = _texture(120, 160, seed=1)
+    frames = [big[10:106, 10 + k:138 + k].copy() for k in range(0, 9, 3)]  # a 3-pixel pan per frame
+    raw = float(np.mean([((a.astype(np.float32) - b) / 255) ** 2 for a, b in zip(frames, frames[1:])]))
+    assert raw > 1e-3  # the frames do differ
+    assert warping_error(frames) < 0.02 * raw
+
+
+def test_warping_error_sees_flicker_the_input_does_not_have():
+    f = _texture(96, 128, seed=2)
+    frames = [f] * 4
+    flicker = [np.clip(f.astype(int) + (12 if k % 2 else 0), 0, 255).astype(np.uint8) for k in range(4)]
+    m = WarpingError()
+    for x, y in zip(frames, flicker):
+        m.add(x, {"flicker": y, "same": x})
+    r = m.result()
+    assert r["pairs"] == 3 and r["input"] == 0.0 and r["same"] == 0.0
+    assert r["flicker"] == pytest.approx((12 / 255) ** 2, rel=0.05)
+
+
+def test_tof_is_zero_for_the_ground_truth_itself_and_not_for_a_still():
+    big = _texture(120, 160, seed=3)
+    gt = [big[10:106, 10 + k:138 + k].copy() for k in range(0, 12, 3)]
+    assert tof(gt, gt) == 0.0
+    assert tof([gt[0]] * len(gt), gt) > 0.5
+
+
+# -- the runtime ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory) -> Path:
+    """edge-xs + a CNN student in the fused layout, exported with the two-graph option."""
+    from edgehaze import build_dehazer
+    from edgehaze.checkpoint import save_dehazer
+    from edgehaze.export import export_checkpoint
+
+    torch.manual_seed(0)
+    tmp = tmp_path_factory.mktemp("temporal")
+    model = build_dehazer("edge-xs", depth="student-s", fusion="lite",
+                          depth_kwargs={"widths": [8, 16, 16, 16], "blocks": [1, 1, 1, 1]})
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.03)
+    save_dehazer(tmp / "s.safetensors", model.eval())
+    res = export_checkpoint(tmp / "s.safetensors", out=tmp / "export", two_graph=True, log=lambda _m: None,
+                            progress=False)
+    return Path(res.files["onnx"])
+
+
+def _hazy(h: int, w: int, seed: int) -> np.ndarray:
+    return (0.5 * _texture(h, w, seed) + 100).astype(np.uint8)
+
+
+def test_smoothing_off_is_todays_output_and_the_split_chain_is_exact(artifact):
+    frames = [_hazy(60, 84, s) for s in range(3)]
+    with runtime.Dehazer(artifact) as plain, runtime.Dehazer(artifact, {"temporal": 0.0}) as off, \
+            runtime.Dehazer(artifact, {"temporal": 0.8}) as on:
+        for k, f in enumerate(frames):
+            a, b = plain.run(f), off.run(f)
+            assert np.array_equal(a, b)
+            if k == 0:  # a first frame has no past: the split graphs give the single graph's bytes
+                assert np.array_equal(on.run(f), a)
+
+
+def test_smoothing_holds_the_maps_on_a_noisy_still(artifact):
+    rng = np.random.default_rng(0)
+    base = _hazy(64, 80, 7).astype(int)
+    frames = [np.clip(base + rng.integers(-3, 4, base.shape), 0, 255).astype(np.uint8) for _ in range(8)]
+    outs = {}
+    for strength in (0.0, 0.9):
+        with runtime.Dehazer(artifact, {"temporal": strength} if strength else None) as d:
+            ys = [d.run(f).astype(int) - f for f in frames]  # the correction the model adds
+        outs[strength] = np.mean([np.abs(a - b).mean() for a, b in zip(ys, ys[1:])])
+    assert outs[0.9] < outs[0.0]
+
+
+def test_a_scene_cut_resets_the_state_and_refreshes_held_depth(artifact):
+    a, b = _hazy(64, 80, 11), (0.3 * _texture(64, 80, 12)).astype(np.uint8)  # a bright scene, then a dark one
+    with runtime.Dehazer(artifact, {"depth_every": 100}) as ref:
+        ref.run(a)
+        ref.refresh_depth_next()
+        expect_b = ref.run(b)  # b dehazed with its own depth and no past
+    with runtime.Dehazer(artifact, {"temporal": 0.9, "depth_every": 100}) as d:
+        for _ in range(3):
+            d.run(a)
+        assert d.depth_refreshes == 1 and d.scene_cuts == 0
+        got = d.run(b)
+        assert d.scene_cuts == 1 and d.depth_refreshes == 2
+        assert np.array_equal(got, expect_b)
+        d.run(np.ascontiguousarray(b[:48, :64]))  # a new size also starts over
+        assert d._temporal.smoother.resets == 3
+
+
+def test_bad_temporal_strength_is_a_bad_argument(artifact):
+    for bad in (1.0, -0.1, "0.5", True):
+        with pytest.raises(RuntimeError_) as e:
+            runtime.Dehazer(artifact, {"temporal": bad})
+        assert e.value.code == Status.BAD_ARGUMENT
+    with pytest.raises(RuntimeError_):
+        MapSmoother(1.5)
+
+
+# -- the bypass -----------------------------------------------------------------------------------
+def _clear() -> np.ndarray:
+    f = _texture(96, 128, seed=5)
+    f[..., 2] = f[..., 2] // 8  # one dark channel everywhere: a clear, saturated scene
+    return f
+
+
+def test_bypass_returns_a_clear_frame_unchanged_and_dehazes_a_hazy_one(artifact):
+    clear, hazy = _clear(), _hazy(96, 128, 6)
+    assert haze_score(clear) < 0.1 < 0.3 < haze_score(hazy)
+    with runtime.Dehazer(artifact, {"bypass": True}) as d, runtime.Dehazer(artifact) as plain:
+        assert np.array_equal(d.run(clear), clear)
+        assert d._gate.bypassed == 1
+        d2 = runtime.Dehazer(artifact, {"bypass": True})
+        assert np.array_equal(d2.run(hazy), plain.run(hazy))
+        d2.close()
+
+
+def _haze(j: np.ndarray, t: float, airlight: float = 230.0) -> np.ndarray:
+    return np.clip(j.astype(np.float32) * t + airlight * (1 - t), 0, 255).astype(np.uint8)
+
+
+def test_bypass_does_not_toggle_on_a_noisy_borderline_sequence():
+    rng = np.random.default_rng(1)
+    g = HazeGate()
+    mid = 0.5 * (g.clear_below + g.hazy_above)
+    j = _clear()
+    ts = np.linspace(0.5, 1.0, 101)
+    t0 = ts[int(np.argmin([abs(haze_score(_haze(j, t)) - mid) for t in ts]))]
+    assert abs(haze_score(_haze(j, t0)) - mid) < 0.01
+    scores = []
+    for _ in range(80):  # haze level and pixels both noisy, straddling the band's midpoint
+        f = _haze(j, t0 + rng.normal(0, 0.02)).astype(int) + rng.integers(-4, 5, j.shape)
+        g(np.clip(f, 0, 255).astype(np.uint8))
+        scores.append(g.score)
+    assert min(scores) < mid < max(scores)
+    assert g.toggles == 0
+    # a real change does flip it (after the hold)
+    start = g.clear
+    for _ in range(g.hold):
+        g(_haze(j, 0.98) if not start else _haze(j, 0.5))
+    assert g.toggles == 1 and g.clear != start
