@@ -1,0 +1,91 @@
+"""Write ``tests/official_refs/<name>.pt`` from the official code (see
+``tests/official_code.py``). Run where the official mirrors are present::
+
+    EDGEHAZE_OFFICIAL_CODE=/work/.mirror .venv/bin/python tests/make_official_refs.py oknet
+
+Each file holds the seeded input and the official model's output on the seeded
+weights (:func:`official_code.seeded_state`), in float32, plus the official
+commit it came from.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+import official_code  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Spec:
+    repo: str
+    files: Sequence[str]
+    module: str
+    build: Callable  # module -> official nn.Module
+    run: Callable  # (official model, [0,1] image) -> [0,1]-range output, the official test procedure
+    size: Tuple[int, int] = (19, 23)
+    seed: int = 0
+
+
+def _oknet_run(model, image):  # official Dehazing/ITS/eval.py: reflect pad bottom/right to x4, output [2], crop
+    h, w = image.shape[-2:]
+    factor = 4
+    H, W = ((h + factor) // factor) * factor, ((w + factor) // factor) * factor
+    padh = H - h if h % factor != 0 else 0
+    padw = W - w if w % factor != 0 else 0
+    return model(F.pad(image, (0, padw, 0, padh), "reflect"))[2][:, :, :h, :w]
+
+
+SPECS = {
+    "oknet": Spec(
+        repo="c-yn/OKNet",
+        files=("Dehazing/ITS/models/OKNet.py", "Dehazing/ITS/models/layers.py"),
+        module="Dehazing.ITS.models.OKNet",
+        build=lambda m: m.build_net(),
+        run=_oknet_run,
+    ),
+}
+
+
+def official_model(name: str, tmp: Path):  # type: ignore[no-untyped-def]
+    """(official model with seeded weights, commit) or None without the mirror."""
+    spec = SPECS[name]
+    root = official_code.extract(spec.repo, spec.files, tmp)
+    if root is None:
+        return None
+    model = spec.build(official_code.import_from(root, spec.module))
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    model.load_state_dict(official_code.seeded_state(shapes, spec.seed), strict=True)
+    commit = subprocess.run(["git", "--git-dir", str(official_code.mirror_dir(spec.repo)), "rev-parse", "HEAD"],
+                            check=True, capture_output=True, text=True).stdout.strip()
+    return model.eval(), commit
+
+
+def write_ref(name: str) -> Path:
+    spec = SPECS[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        got = official_model(name, Path(tmp))
+        if got is None:
+            raise SystemExit(f"{spec.repo}: no mirror under $EDGEHAZE_OFFICIAL_CODE; fetch it first")
+        model, commit = got
+        image = official_code.seeded_image(*spec.size, seed=spec.seed + 1)
+        with torch.no_grad():
+            out = spec.run(model, image)
+    path = official_code.REFS / f"{name}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"input": image, "output": out.contiguous(), "repo": spec.repo, "commit": commit,
+                "seed": spec.seed}, path)
+    return path
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    for arg in sys.argv[1:] or sorted(SPECS):
+        print(write_ref(arg))
