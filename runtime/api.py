@@ -151,18 +151,15 @@ class Dehazer:
         return due
 
     def _run_temporal(self, src: Buffer, dst: Buffer) -> None:
-        """maps graph -> smoothing (one scene-change test for the maps and the held depth) -> apply graph."""
+        """One run of the smoothing graph; a scene change also refreshes held depth features (then runs again)."""
         t = self._temporal
         refreshed = self._refresh_if_due(src) if self._backend.two_graph else False
-        t.run_maps(src)
-        changed = t.smooth()
-        self.scene_cuts = t.scene.cuts
-        if changed and self.frames:
-            if self._backend.two_graph and not refreshed:  # the held depth features belong to the old scene
-                self._refresh_if_due(src, force=True)
-                t.run_maps(src)
-                t.restart()
-        t.run_apply(src, dst)
+        new_scene = t.run(src, dst)
+        self.scene_cuts = t.cuts
+        if new_scene and self._backend.two_graph and not refreshed:  # held features belong to the old scene
+            self._refresh_if_due(src, force=True)
+            t.run(src, dst, restart=True)
+            t.resets -= 1  # one frame, one restart
 
     def refresh_depth_next(self) -> None:
         """Make the next ``run`` recompute the depth features (e.g. after a scene cut)."""

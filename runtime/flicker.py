@@ -98,7 +98,7 @@ class WarpingError:
 
     def _fit(self, frame: np.ndarray) -> np.ndarray:
         if self.max_side is None or max(frame.shape[:2]) <= self.max_side:
-            return frame
+            return frame.copy()  # callers reuse their buffers
         cv2 = _cv2()
         f = self.max_side / max(frame.shape[:2])
         return cv2.resize(frame, (max(1, round(frame.shape[1] * f)), max(1, round(frame.shape[0] * f))),

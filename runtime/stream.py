@@ -66,7 +66,7 @@ class StreamStats:
         self.extra: dict = {}
 
     def add(self, stage: str, ms: float) -> None:
-        self.samples[stage].append(ms)
+        self.samples.setdefault(stage, deque(maxlen=_KEEP)).append(ms)  # "flicker" only with --flicker-stats
 
     @property
     def wall_s(self) -> float:
@@ -113,7 +113,8 @@ class Stream:
 
     def __init__(self, dehazer: Dehazer, source: Source, sink: Sink, *, side_by_side: bool = False,
                  max_frames: int | None = None, stats_interval: float = 5.0, stats_json: str | None = None,
-                 capture_options: dict | None = None, info: dict | None = None) -> None:
+                 capture_options: dict | None = None, info: dict | None = None,
+                 flicker_side: int | None = None) -> None:
         self.dehazer, self.source, self.sink = dehazer, source, sink
         self.side_by_side, self.max_frames = side_by_side, max_frames
         self.stats_interval, self.stats_json = stats_interval, stats_json
@@ -125,6 +126,11 @@ class Stream:
         self._shape = None
         self._in_rgb = self.dehazer.channel_order != "BGR"
         self._out_rgb = self.dehazer.meta["output"]["channel_order"] != "BGR"
+        # --flicker-stats: warping error of input and output (runtime/flicker.py), on frames of this longer side
+        self.flicker = None
+        if flicker_side:
+            from .flicker import WarpingError
+            self.flicker = WarpingError(max_side=flicker_side)
 
     def request_stop(self, reason: str = "signal") -> None:
         self.stop_reason = reason
@@ -179,6 +185,9 @@ class Stream:
             captured=cap.captured, dropped=cap.dropped, undecodable=cap.undecodable, reopens=cap.reopens,
             loops=cap.loops_done, output_resized=self.sink.resized, output_frames=self.sink.frames,
             depth_every=self.dehazer.depth_every, depth_refreshes=self.dehazer.depth_refreshes, **self.info)
+        self.stats.extra.update(video_counters(self.dehazer))
+        if self.flicker is not None:
+            self.stats.extra["flicker"] = self.flicker.result()
 
     def _report(self, cap: CaptureThread) -> None:
         self._counters(cap)
@@ -227,6 +236,9 @@ class Stream:
                 stats.add("infer", (t2 - t1) * 1e3)
                 stats.add("post", (t3 - t2) * 1e3)
                 stats.add("write", (t4 - t3) * 1e3)
+                if self.flicker is not None:  # its own stage: optical flow is not part of dehazing
+                    self.flicker.add(model_in, {"output": self._out})  # both in the artifact's channel order
+                    stats.add("flicker", (perf() - t4) * 1e3)
                 if not keep_going:
                     self.stop_reason = "display_closed"
                     break
@@ -250,6 +262,17 @@ class Stream:
         if error is not None:
             raise error
         return stats
+
+
+def video_counters(dehazer: Dehazer) -> dict:
+    """Stats of the video mode (runtime/temporal.py): smoothing strength, resets, scene cuts, bypass decisions."""
+    t, g = getattr(dehazer, "_temporal", None), getattr(dehazer, "_gate", None)
+    out = {"temporal": dehazer.options.temporal, "scene_cuts": getattr(dehazer, "scene_cuts", 0),
+           "temporal_resets": t.smoother.resets if t is not None else 0, "bypass": g is not None}
+    if g is not None:
+        out.update(bypassed=g.bypassed, bypass_toggles=g.toggles, haze_score=round(g.score, 4),
+                   bypass_state="clear" if g.clear else "hazy")
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -280,6 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-optimized", default=None, help="save onnxruntime's optimised graph to this path")
     p.add_argument("--depth-every", type=int, default=1,
                    help="recompute depth features every N frames (N>1 needs the two-graph export)")
+    p.add_argument("--temporal", type=float, default=0.0, metavar="STRENGTH",
+                   help="causal smoothing of the low-resolution maps, strength in [0, 1) (0: off; edge-* fused "
+                        "graphs, needs the onnx package)")
+    p.add_argument("--bypass", action="store_true",
+                   help="pass clear frames through unchanged (dark-channel haze score with hysteresis)")
+    p.add_argument("--flicker-stats", type=int, nargs="?", const=480, default=None, metavar="SIDE",
+                   help="add the warping error of input and output (Lai et al. 2018) to the stats, on frames "
+                        "resized to this longer side (default 480); costs optical flow per frame")
     p.add_argument("--queue-size", type=int, default=2, help="frames buffered ahead of inference")
     p.add_argument("--max-reopen", type=int, default=5, help="consecutive reopen attempts of a lost live source")
     p.add_argument("--reopen-backoff", type=float, default=0.5, help="first reopen delay in s (doubles, max 8 s)")
@@ -302,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         dehazer = Dehazer(args.model, Options(provider=args.provider, threads=args.threads, spin=args.spin,
                                               graph_optimization=args.graph_opt,
                                               optimized_model_path=args.save_optimized,
-                                              depth_every=args.depth_every))
+                                              depth_every=args.depth_every, temporal=args.temporal,
+                                              bypass=args.bypass))
         log(f"model {args.model} on {dehazer.backend_name} ({args.threads} threads), channel order "
             f"{dehazer.channel_order}, depth every {dehazer.depth_every} frame(s)")
         source = open_source(args.input, width=args.input_width, height=args.input_height,
@@ -320,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
                         stats_interval=args.stats_interval, stats_json=args.stats_json, info=info,
                         capture_options=dict(queue_size=args.queue_size, max_reopen=args.max_reopen,
                                              backoff_s=args.reopen_backoff, loop=args.input_loop, size=size,
-                                             rate=args.input_rate))
+                                             rate=args.input_rate),
+                        flicker_side=args.flicker_stats)
 
         def _on_signal(signum, _frame):
             name = signal.Signals(signum).name
