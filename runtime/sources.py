@@ -122,8 +122,13 @@ class CaptureSource(Source):
             self._cap = None
 
 
+def natural_key(path: Path) -> list:
+    """Sort key in natural numeric order (``frame_2`` before ``frame_10``: unpadded frame numbers are common)."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", str(path))]
+
+
 class ImageSequenceSource(Source):
-    """A folder, a glob or one image file, read in sorted order; unreadable files are BAD (skipped)."""
+    """A folder, a glob or one image file, read in natural numeric order; unreadable files are BAD (skipped)."""
 
     live = False
 
@@ -204,10 +209,10 @@ def open_source(uri: str, *, width: int | None = None, height: int | None = None
                             "v4l2://, csi://, rtsp://, file:// or a path")
     path = Path(uri).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS), key=natural_key)
         return ImageSequenceSource(files, str(path))
     if any(c in uri for c in "*?["):
-        files = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).suffix.lower() in IMAGE_EXTS)
+        files = sorted((Path(p) for p in glob.glob(str(path)) if Path(p).suffix.lower() in IMAGE_EXTS), key=natural_key)
         return ImageSequenceSource(files, uri)
     if not path.is_file():
         raise RuntimeError_(Status.IO, f"{path}: input not found")

@@ -268,7 +268,7 @@ def video_counters(dehazer: Dehazer) -> dict:
     """Stats of the video mode (runtime/temporal.py): smoothing strength, resets, scene cuts, bypass decisions."""
     t, g = getattr(dehazer, "_temporal", None), getattr(dehazer, "_gate", None)
     out = {"temporal": dehazer.options.temporal, "scene_cuts": getattr(dehazer, "scene_cuts", 0),
-           "temporal_resets": t.smoother.resets if t is not None else 0, "bypass": g is not None}
+           "temporal_resets": t.resets if t is not None else 0, "bypass": g is not None}
     if g is not None:
         out.update(bypassed=g.bypassed, bypass_toggles=g.toggles, haze_score=round(g.score, 4),
                    bypass_state="clear" if g.clear else "hazy")
