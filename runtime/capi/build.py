@@ -1,0 +1,112 @@
+"""Build libedgehaze_runtime.so: the C API of runtime/include/edgehaze_runtime.h over the Python runtime.
+
+    python runtime/capi/build.py --out DIR        # -> DIR/libedgehaze_runtime.so, DIR/include/edgehaze_runtime.h
+
+cffi's embedding mode compiles one shared library that starts CPython on the first call (once per
+process), imports this ``runtime`` folder and runs bridge.py, whose ``@ffi.def_extern`` functions
+turn ``RuntimeError_`` codes into ``eh_status`` numbers. The C side (glue.c) keeps the ABI version
+and the thread-local last error in C. The library records, at build time, the runtime folder and
+the interpreter that built it (whose site-packages hold numpy and onnxruntime); EDGEHAZE_RUNTIME_DIR
+and EDGEHAZE_PYTHON override them at run time. Needs cffi (the ``capi`` extra), a C compiler and the
+Python headers; only the build imports cffi, never ``import runtime``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RUNTIME_DIR = HERE.parent
+HEADER = RUNTIME_DIR / "include" / "edgehaze_runtime.h"
+MODULE = "libedgehaze_runtime"  # the .so's name is also the embedded module's name
+
+# the extern "Python" functions bridge.py defines (static: only glue.c calls them), and its error setter
+_PYTHON_SIDE = """
+extern "Python" int eh__py_options_init(eh_options *opts);
+extern "Python" int eh__py_create(const char *path, const eh_options *opts, eh_handle **out);
+extern "Python" int eh__py_run(eh_handle *handle, const eh_image *in, eh_image *out);
+extern "Python" int eh__py_close(eh_handle **handle);
+extern "Python" int eh__py_backend_name(const eh_handle *handle, const char **name);
+extern "Python" int eh__py_channel_order(const eh_handle *handle, eh_channel_order *order);
+void eh__set_error(const char *message);
+"""
+
+
+def api_text(header: Path = HEADER) -> str:
+    """The declarations between EH_API_BEGIN and EH_API_END (what cffi parses; no preprocessor lines)."""
+    m = re.search(r"EH_API_BEGIN[^\n]*\n(.*?)/\* EH_API_END", header.read_text(), re.S)
+    if m is None:
+        raise SystemExit(f"{header}: no EH_API_BEGIN/EH_API_END markers; restore them around the declarations")
+    return m.group(1)
+
+
+def _init_code() -> str:
+    """Python run once when the library starts: find the runtime folder, import it, attach bridge.py."""
+    bridge = (HERE / "bridge.py").read_text()
+    return (
+        "import importlib, os, sys\n"
+        f"_dir = os.environ.get('EDGEHAZE_RUNTIME_DIR') or {json.dumps(str(RUNTIME_DIR))}\n"
+        "_dir = os.path.abspath(_dir)\n"
+        "if not os.path.isfile(os.path.join(_dir, '__init__.py')):\n"
+        "    raise ImportError(f'EDGEHAZE_RUNTIME_DIR={_dir} is not the edgehaze runtime folder (no __init__.py)')\n"
+        "sys.path.insert(0, os.path.dirname(_dir))\n"
+        "_runtime = importlib.import_module(os.path.basename(_dir))\n"
+        f"from {MODULE} import ffi as _ffi, lib as _lib\n"
+        + bridge
+        + "\ninstall(_ffi, _lib, _runtime)\n"
+    )
+
+
+def _link_args() -> dict:
+    """Link libpython of this (shared-build) interpreter, and find it again at run time (rpath)."""
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        raise SystemExit(f"{sys.executable} is a static Python build; the C API needs libpython "
+                         "(a --enable-shared build, as pyenv's PYTHON_CONFIGURE_OPTS=--enable-shared)")
+    libdir = sysconfig.get_config_var("LIBDIR")
+    return {"library_dirs": [libdir], "extra_link_args": [f"-Wl,-rpath,{libdir}"],
+            "extra_compile_args": ["-fvisibility=hidden", "-O2"]}
+
+
+def build(out_dir: str | Path, *, verbose: bool = False) -> Path:
+    """Compile DIR/libedgehaze_runtime.so (and copy the header to DIR/include/); return the library path."""
+    import cffi  # the build's only cffi import
+
+    out_dir = Path(out_dir).resolve()
+    (out_dir / "include").mkdir(parents=True, exist_ok=True)
+    ffi = cffi.FFI()
+    ffi.cdef(api_text() + _PYTHON_SIDE)
+    ffi.embedding_api("")  # embedding mode; the exported functions are glue.c's, with explicit visibility
+    preamble = (f"static const char eh__build_python[] = {json.dumps(sys.executable)};\n"
+                + (HERE / "glue.c").read_text())
+    ffi.set_source(MODULE, preamble, include_dirs=[str(HEADER.parent)], py_limited_api=False, **_link_args())
+    ffi.embedding_init_code(_init_code())
+    with tempfile.TemporaryDirectory(prefix="eh_capi_build_") as tmp:
+        built = Path(ffi.compile(tmpdir=tmp, target=f"{MODULE}.*", verbose=verbose))
+        target = out_dir / built.name
+        tmp_target = out_dir / f".{built.name}.partial"
+        shutil.copy2(built, tmp_target)
+        tmp_target.replace(target)  # atomic: a running program never sees half a library
+    shutil.copy2(HEADER, out_dir / "include" / HEADER.name)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="folder for libedgehaze_runtime.so and include/edgehaze_runtime.h")
+    p.add_argument("--verbose", action="store_true", help="show the compiler commands")
+    args = p.parse_args(argv)
+    lib = build(args.out, verbose=args.verbose)
+    print(f"built {lib}\nheader {Path(args.out).resolve() / 'include' / HEADER.name}\n"
+          f"link: gcc prog.c -I{Path(args.out).resolve() / 'include'} -L{lib.parent} -ledgehaze_runtime "
+          f"-Wl,-rpath,{lib.parent}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
