@@ -172,3 +172,29 @@ def test_bypass_does_not_toggle_on_a_noisy_borderline_sequence():
     for _ in range(g.hold):
         g(_haze(j, 0.98) if not start else _haze(j, 0.5))
     assert g.toggles == 1 and g.clear != start
+
+
+# -- the stream tool ------------------------------------------------------------------------------
+def test_stream_reports_video_counters_and_flicker(artifact, tmp_path):
+    import json
+
+    from runtime.sources import natural_key
+    from runtime.stream import main
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    big = _hazy(80, 120, 13)
+    for k in (0, 1, 2, 10, 11):  # unpadded numbers: natural order is 0 1 2 10 11
+        cv2.imwrite(str(frames / f"f_{k}.png"), np.ascontiguousarray(big[:64, k:k + 80]))
+    assert [p.name for p in sorted(frames.iterdir(), key=natural_key)] == [f"f_{k}.png" for k in (0, 1, 2, 10, 11)]
+    stats = tmp_path / "s.json"
+    assert main(["--model", str(artifact), "--input", str(frames), "--output", "null", "--headless",
+                 "--temporal", "0.6", "--bypass", "--flicker-stats", "--stats-json", str(stats),
+                 "--stats-interval", "0"]) == 0
+    s = json.loads(stats.read_text())
+    assert s["frames"] == 5 and s["temporal"] == 0.6 and s["bypass"] is True
+    assert s["bypassed"] == 0 and s["bypass_toggles"] == 0 and s["bypass_state"] == "hazy"  # hazy frames
+    assert s["flicker"]["pairs"] == 4 and s["flicker"]["input"] > 0 and s["flicker"]["ratio"]["output"] > 0
+    assert s["stages_ms"]["flicker"]["count"] == 5
+    assert main(["--model", str(artifact), "--input", str(frames), "--output", "null", "--headless",
+                 "--temporal", "1.5"]) == 2
