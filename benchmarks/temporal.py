@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:
 
 import runtime  # noqa: E402
 from edgehaze.fsutil import atomic_write  # noqa: E402
-from runtime.flicker import WarpingError  # noqa: E402
+from runtime.flicker import WarpingError, tof  # noqa: E402
 from runtime.temporal import haze_score  # noqa: E402
 
 SHARED = Path(os.environ.get("EDGEHAZE_SHARED", "/work/shared"))
@@ -128,7 +128,8 @@ def dehaze(model: str, frames: Sequence[np.ndarray], options: dict) -> "tuple[Li
     return outs, times, counters
 
 
-def measure_clip(model: str, frames: Sequence[np.ndarray], strength: float) -> dict:
+def measure_clip(model: str, frames: Sequence[np.ndarray], strength: float,
+                 gt: Optional[Sequence[np.ndarray]] = None) -> dict:
     variants = {"per_frame": {}, "smoothed": {"temporal": strength}, "smoothed_bypass": {"temporal": strength, "bypass": True}}
     outs, info = {}, {}
     for name, opts in variants.items():
@@ -138,6 +139,8 @@ def measure_clip(model: str, frames: Sequence[np.ndarray], strength: float) -> d
         m.add(f, {name: o[k] for name, o in outs.items()})
     r = m.result()
     r["counters"] = info
+    if gt is not None:  # TecoGAN's tOF against the ground-truth video
+        r["tof"] = {name: tof(o, gt) for name, o in outs.items()}
     r["max_diff_smoothed_vs_per_frame"] = int(max(np.abs(a.astype(int) - b).max()
                                                   for a, b in zip(outs["per_frame"], outs["smoothed"])))
     return r
@@ -194,6 +197,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--fog", type=Path, default=FOG)
     p.add_argument("--photos", type=Path, default=PHOTOS)
     p.add_argument("--photos-n", type=int, default=4, help="panning clips (one per photo)")
+    p.add_argument("--clip", type=Path, action="append", default=[], help="another clip: a folder of frames")
+    p.add_argument("--clip-gt", type=Path, action="append", default=[],
+                   help="its ground-truth frames (same count and order; one per --clip, in order): adds tOF")
     p.add_argument("--cost-frames", type=int, default=30, help="frames per cost run")
     p.add_argument("--no-cost", action="store_true", help="skip the timing runs")
     p.add_argument("--out", type=Path, default=Path("runs/temporal"))
@@ -203,8 +209,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          "`edgehaze demo --quick`)")
     report: dict = {"model": str(a.model), "strength": a.strength, "clips": {}, "cost": {}}
     all_clips = clips(a.fog, a.photos, a.photos_n)
+    gts: Dict[str, List[np.ndarray]] = {}
+    for k, folder in enumerate(a.clip):
+        if not folder.is_dir():
+            raise SystemExit(f"--clip {folder}: not a folder of frames")
+        all_clips[f"clip {folder.name}"] = [read_rgb(f) for f in natural_frames(folder)]
+        if k < len(a.clip_gt):
+            gts[f"clip {folder.name}"] = [read_rgb(f) for f in natural_frames(a.clip_gt[k])]
+            if len(gts[f"clip {folder.name}"]) != len(all_clips[f"clip {folder.name}"]):
+                raise SystemExit(f"--clip-gt {a.clip_gt[k]}: frame count differs from --clip {folder}")
     for name, frames in all_clips.items():
-        report["clips"][name] = measure_clip(a.model, frames, a.strength)
+        report["clips"][name] = measure_clip(a.model, frames, a.strength, gts.get(name))
         r = report["clips"][name]
         print(f"{name}: input {r.get('input', 0):.3e}  ratios {r.get('ratio')}", flush=True)
     fog = next((f for n, f in all_clips.items() if n.startswith("fog") and "640x360" not in n), None)

@@ -198,3 +198,24 @@ def test_stream_reports_video_counters_and_flicker(artifact, tmp_path):
     assert s["stages_ms"]["flicker"]["count"] == 5
     assert main(["--model", str(artifact), "--input", str(frames), "--output", "null", "--headless",
                  "--temporal", "1.5"]) == 2
+
+
+def test_benchmark_reports_ratios_and_tof_for_any_artifact(artifact, tmp_path):
+    import json
+
+    from benchmarks.temporal import main
+
+    clip, gt = tmp_path / "clip", tmp_path / "gt"
+    clip.mkdir(), gt.mkdir()
+    big = _texture(80, 120, 14)
+    for k in range(4):
+        view = np.ascontiguousarray(big[:64, 2 * k:2 * k + 80])
+        cv2.imwrite(str(gt / f"{k}.png"), view)
+        cv2.imwrite(str(clip / f"{k}.png"), (0.5 * view + 100).astype(np.uint8))
+    out = tmp_path / "report"
+    assert main(["--model", str(artifact), "--fog", str(tmp_path / "none"), "--photos", str(tmp_path / "none"),
+                 "--clip", str(clip), "--clip-gt", str(gt), "--no-cost", "--out", str(out)]) == 0
+    r = json.loads((out / "report.json").read_text())["clips"]["clip clip"]
+    assert r["pairs"] == 3 and set(r["ratio"]) == {"per_frame", "smoothed", "smoothed_bypass"}
+    assert all(v >= 0 for v in r["tof"].values())
+    assert "| clip clip | 3 |" in (out / "report.md").read_text()
