@@ -1,0 +1,206 @@
+"""The C API (runtime/include/edgehaze_runtime.h, libedgehaze_runtime.so) driven by gcc-compiled C programs.
+
+The library is built into a tmp folder by runtime/capi/build.py; tests/capi_test.c (with
+AddressSanitizer where gcc has it) walks every status path and writes outputs that must equal
+``runtime.run`` byte for byte; runtime/examples/dehaze_file.c is built the way runtime/README.md
+says. The parity tests parse the header so its enum and options struct cannot drift from
+``Status`` and ``Options``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+try:
+    from _artifacts import make_artifact
+except ImportError:  # tests/ imported as a package
+    from tests._artifacts import make_artifact
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+import runtime  # noqa: E402
+from runtime import Options, Status  # noqa: E402
+
+HEADER = REPO / "runtime" / "include" / "edgehaze_runtime.h"
+W, H = 64, 48
+
+
+def _c_toolchain_reason() -> str | None:
+    if shutil.which("gcc") is None:
+        return "no gcc on PATH: the C API tests compile C programs"
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
+        return "no Python headers (Python.h): the library embeds CPython"
+    return None
+
+
+needs_gcc = pytest.mark.skipif(_c_toolchain_reason() is not None, reason=_c_toolchain_reason() or "")
+
+
+def _asan_flags(tmp: Path) -> list[str]:
+    """-fsanitize=address when gcc can build and run an ASan program here, else nothing."""
+    probe = tmp / "asan_probe"
+    src = tmp / "asan_probe.c"
+    src.write_text("int main(void) { return 0; }\n")
+    ok = subprocess.run(["gcc", "-fsanitize=address", str(src), "-o", str(probe)], capture_output=True).returncode == 0
+    if ok and subprocess.run([str(probe)], capture_output=True).returncode == 0:
+        # -lstdc++ linked (not as-needed): ASan resolves __cxa_throw at start-up; onnxruntime throws C++ exceptions
+        return ["-fsanitize=address", "-fno-omit-frame-pointer", "-Wl,--no-as-needed", "-lstdc++", "-Wl,--as-needed"]
+    return []
+
+
+# ASan in a process that embeds CPython: leak checking is off (the interpreter keeps its arenas until exit)
+ASAN_ENV = {"ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0"}
+
+
+@pytest.fixture(scope="module")
+def lib_dir(tmp_path_factory) -> Path:
+    reason = _c_toolchain_reason()
+    if reason:
+        pytest.skip(reason)
+    pytest.importorskip("cffi", reason="cffi builds the library: pip install -e '.[capi]'")
+    out = tmp_path_factory.mktemp("capi_lib")
+    subprocess.run([sys.executable, str(REPO / "runtime" / "capi" / "build.py"), "--out", str(out)], check=True,
+                   capture_output=True, text=True)
+    assert (out / "libedgehaze_runtime.so").is_file() and (out / "include" / HEADER.name).is_file()
+    return out
+
+
+def compile_c(source: Path, exe: Path, lib: Path, extra: list[str] = ()) -> Path:
+    cmd = ["gcc", "-O1", "-g", "-Wall", "-Wextra", "-Werror", str(source), f"-I{lib / 'include'}", f"-L{lib}",
+           "-ledgehaze_runtime", f"-Wl,-rpath,{lib}", "-lpthread", *extra, "-o", str(exe)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(cmd)}\n{done.stderr}"
+    return exe
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory) -> Path:
+    return make_artifact(tmp_path_factory.mktemp("capi_art"))
+
+
+def frames(n: int = 3, seed: int = 4) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, H, W, 3), dtype=np.uint8)
+
+
+def raw(path: Path, n: int = 1) -> np.ndarray:
+    return np.fromfile(path, np.uint8).reshape(n, H, W, 3)
+
+
+@needs_gcc
+def test_c_program_status_paths_byte_equality_and_two_threads(lib_dir, art, tmp_path):
+    asan = _asan_flags(tmp_path)
+    exe = compile_c(REPO / "tests" / "capi_test.c", tmp_path / "capi_test", lib_dir, asan)
+    x = frames()
+    x.tofile(tmp_path / "frames.raw")
+    out = tmp_path / "out"
+    out.mkdir()
+    done = subprocess.run([str(exe), str(art), str(tmp_path / "frames.raw"), str(W), str(H), str(out)],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, **ASAN_ENV})
+    assert done.returncode == 0 and "PASSED" in done.stdout, done.stdout + done.stderr
+    assert "FAIL" not in done.stdout
+    for name in ("missing file", "frame below the artifact's minimum size", "out of another size",
+                 "row stride below width*3", "padded row stride", "run after close (NULL handle)",
+                 "device pointer on the CPU backend"):
+        assert f"ok {name}:" in done.stdout  # the status path ran (and left a message: expect() checks that)
+    assert done.stdout.count("ok thread ran 20 frames") == 2
+    assert "AddressSanitizer" not in done.stderr
+
+    with runtime.Dehazer(art) as d:  # the Python runtime, default options, as the C program's first handle
+        np.testing.assert_array_equal(raw(out / "single.raw")[0], d.run(x[0]))
+        assert not np.array_equal(x[0], d.run(x[0]))  # the graph really changes the frame
+    with runtime.Dehazer(art, {"threads": 1}) as d:  # each thread's handle ran its own frame 20 times
+        np.testing.assert_array_equal(raw(out / "thread0.raw")[0], d.run(x[1]))
+        np.testing.assert_array_equal(raw(out / "thread1.raw")[0], d.run(x[2]))
+    with runtime.Dehazer(art, {"threads": 1, "depth_every": 2, "graph_optimization": "basic"}) as d:
+        want = np.stack([d.run(f) for f in x])
+    got = raw(out / "sequence.raw", 3)
+    np.testing.assert_array_equal(got, want)  # options set in C reach the runtime (frame 1 reuses frame 0's depth)
+    with runtime.Dehazer(art) as d:
+        assert not np.array_equal(got[1], d.run(x[1]))
+
+
+@needs_gcc
+def test_example_dehaze_file_matches_python_runtime(lib_dir, tmp_path_factory, tmp_path):
+    """What runtime/README.md tells a new user to do, on a BGR single-graph artifact."""
+    bgr = make_artifact(tmp_path_factory.mktemp("capi_bgr"), two_graph=False, channel_order="BGR", seed=3)
+    exe = compile_c(REPO / "runtime" / "examples" / "dehaze_file.c", tmp_path / "dehaze_file", lib_dir)
+    x = frames(1, seed=9)[0]
+    x.tofile(tmp_path / "in.raw")
+    done = subprocess.run([str(exe), str(bgr), str(tmp_path / "in.raw"), str(tmp_path / "out.raw"), str(W), str(H)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "channel order BGR" in done.stdout and "onnxruntime/CPUExecutionProvider" in done.stdout
+    with runtime.Dehazer(bgr, {"threads": 2}) as d:
+        assert (tmp_path / "out.raw").read_bytes() == d.run(x).tobytes()
+
+    missing = subprocess.run([str(exe), str(tmp_path / "nope.onnx"), str(tmp_path / "in.raw"),
+                              str(tmp_path / "o2.raw"), str(W), str(H)], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1
+    assert f"status {int(Status.BAD_ARTIFACT)}: [BAD_ARTIFACT]" in missing.stderr and "nope.onnx" in missing.stderr
+
+
+@needs_gcc
+def test_embedded_runtime_that_cannot_load_is_internal_not_ok(lib_dir, art, tmp_path):
+    """cffi alone returns 0 (EH_OK) when its init code fails; the C glue must say INTERNAL with a hint."""
+    exe = compile_c(REPO / "runtime" / "examples" / "dehaze_file.c", tmp_path / "dehaze_file", lib_dir)
+    frames(1)[0].tofile(tmp_path / "in.raw")
+    env = {**os.environ, "EDGEHAZE_RUNTIME_DIR": str(tmp_path / "not_a_runtime")}
+    done = subprocess.run([str(exe), str(art), str(tmp_path / "in.raw"), str(tmp_path / "o.raw"), str(W), str(H)],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 1
+    assert f"status {int(Status.INTERNAL)}" in done.stderr and "EDGEHAZE_RUNTIME_DIR" in done.stderr
+    assert not (tmp_path / "o.raw").exists()
+
+
+# -- parity: the header against the Python runtime --------------------------------------------------------
+
+def _header_api() -> str:
+    return HEADER.read_text().split("EH_API_BEGIN", 1)[1].split("EH_API_END", 1)[0]
+
+
+def test_header_status_enum_equals_python_status():
+    body = re.search(r"typedef enum eh_status \{(.*?)\} eh_status;", _header_api(), re.S).group(1)
+    body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
+    header = {name: int(value) for name, value in re.findall(r"EH_(\w+)\s*=\s*(\d+)", body)}
+    assert header == {s.name: int(s.value) for s in Status}
+
+
+# the one C layout per Python option type (runtime/capi/bridge.py converts by the same rule)
+_C_TYPE = {"str": "const char *", "int": "int32_t", "bool": "int32_t", "float": "double"}
+
+
+def _python_kind(annotation: str) -> str:
+    return str(annotation).replace(" ", "").replace("|None", "")
+
+
+def test_header_options_struct_has_exactly_the_python_options():
+    body = re.search(r"typedef struct eh_options \{(.*?)\} eh_options;", _header_api(), re.S).group(1)
+    body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
+    fields = [(re.sub(r"\s*\*\s*", " *", re.sub(r"\s+", " ", t)).strip(), n)  # "const char*" -> "const char *"
+              for t, n in re.findall(r"^\s*([A-Za-z_][\w\s\*]*?)\s*\b(\w+)\s*;", body, re.M)]
+    assert fields[0] == ("size_t", "struct_size"), "struct_size must be the first field (ABI growth)"
+    header = {n: t for t, n in fields[1:]}
+    python = {f.name: _C_TYPE[_python_kind(f.type)] for f in dataclasses.fields(Options)}
+    assert list(header) == list(python), "eh_options must list every Options field, same names, same order"
+    assert header == python
+
+
+def test_every_header_struct_starts_with_struct_size():
+    for name, body in re.findall(r"typedef struct (\w+) \{(.*?)\}", _header_api(), re.S):
+        first = re.sub(r"/\*.*?\*/", "", body, flags=re.S).strip().split(";")[0].split()
+        assert first == ["size_t", "struct_size"], f"{name} must start with size_t struct_size"
+
+
+def test_import_runtime_needs_no_cffi():
+    code = "import sys; sys.modules['cffi'] = None; import runtime; assert 'cffi' not in [m for m in sys.modules if sys.modules[m]]"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
