@@ -60,14 +60,14 @@ def test_tof_is_zero_for_the_ground_truth_itself_and_not_for_a_still():
 # -- the runtime ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory) -> Path:
-    """edge-xs + a CNN student in the fused layout, exported with the two-graph option."""
+    """edge-xs (guided apply, as the shipped models) + a CNN student in the fused layout, two-graph export."""
     from edgehaze import build_dehazer
     from edgehaze.checkpoint import save_dehazer
     from edgehaze.export import export_checkpoint
 
     torch.manual_seed(0)
     tmp = tmp_path_factory.mktemp("temporal")
-    model = build_dehazer("edge-xs", depth="student-s", fusion="lite",
+    model = build_dehazer("edge-xs", depth="student-s", fusion="lite", backbone_kwargs={"apply": "guided"},
                           depth_kwargs={"widths": [8, 16, 16, 16], "blocks": [1, 1, 1, 1]})
     gen = torch.Generator().manual_seed(2)
     with torch.no_grad():
