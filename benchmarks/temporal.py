@@ -128,12 +128,21 @@ def dehaze(model: str, frames: Sequence[np.ndarray], options: dict) -> "tuple[Li
     return outs, times, counters
 
 
+def dcp_frames(frames: Sequence[np.ndarray]) -> List[np.ndarray]:
+    """The dark-channel prior (edgehaze.dcp, He et al.) run per frame: the classic per-frame reference."""
+    from edgehaze.dcp import dehaze_dcp
+
+    return [np.round(dehaze_dcp(f.astype(np.float32) / 255.0)[0] * 255.0).astype(np.uint8) for f in frames]
+
+
 def measure_clip(model: str, frames: Sequence[np.ndarray], strength: float,
-                 gt: Optional[Sequence[np.ndarray]] = None) -> dict:
+                 gt: Optional[Sequence[np.ndarray]] = None, dcp: bool = True) -> dict:
     variants = {"per_frame": {}, "smoothed": {"temporal": strength}, "smoothed_bypass": {"temporal": strength, "bypass": True}}
     outs, info = {}, {}
     for name, opts in variants.items():
         outs[name], _, info[name] = dehaze(model, frames, opts)
+    if dcp:
+        outs["dcp"] = dcp_frames(frames)
     m = WarpingError()
     for k, f in enumerate(frames):
         m.add(f, {name: o[k] for name, o in outs.items()})
@@ -170,7 +179,8 @@ def measure_cost(model: str, frames: Sequence[np.ndarray], strength: float, repe
 def markdown(report: dict) -> str:
     lines = [f"# Flicker: warping error (Lai et al. 2018), model `{report['model']}`, strength {report['strength']}", "",
              "| clip | pairs | input | per frame (ratio) | smoothed (ratio) | smoothed + bypass (ratio) | bypassed "
-             "| max diff smoothed vs per frame |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| max diff smoothed vs per frame | dark-channel prior per frame (ratio) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in report["clips"].items():
         if not r.get("pairs"):
             continue
@@ -178,7 +188,7 @@ def markdown(report: dict) -> str:
         cell = lambda k: f"{r[k]:.3e} ({ratio[k]:.3f})" if r["input"] > 0 else f"{r[k]:.3e} (-)"  # noqa: E731
         lines.append(f"| {name} | {r['pairs']} | {r['input']:.3e} | {cell('per_frame')} | {cell('smoothed')} | "
                      f"{cell('smoothed_bypass')} | {r['counters']['smoothed_bypass']['bypassed']} | "
-                     f"{r['max_diff_smoothed_vs_per_frame']} |")
+                     f"{r['max_diff_smoothed_vs_per_frame']} | {cell('dcp') if 'dcp' in r else '-'} |")
     lines += ["", "| size | per frame ms | smoothed ms (+%) | smoothed + bypass ms (+%) | bypass only ms (+%) "
               "| haze score alone ms (%) | load |", "|---|---:|---:|---:|---:|---:|---|"]
     for size, c in report["cost"].items():
@@ -202,6 +212,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="its ground-truth frames (same count and order; one per --clip, in order): adds tOF")
     p.add_argument("--cost-frames", type=int, default=30, help="frames per cost run")
     p.add_argument("--no-cost", action="store_true", help="skip the timing runs")
+    p.add_argument("--no-dcp", action="store_true", help="skip the dark-channel prior reference")
+    p.add_argument("--clear-photos", type=Path, default=SHARED / "data/sots_indoor/gt",
+                   help="clear photos made into panning clips too (the bypass should pass them)")
     p.add_argument("--out", type=Path, default=Path("runs/temporal"))
     a = p.parse_args(argv)
     if not Path(a.model).exists():
@@ -209,6 +222,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          "`edgehaze demo --quick`)")
     report: dict = {"model": str(a.model), "strength": a.strength, "clips": {}, "cost": {}}
     all_clips = clips(a.fog, a.photos, a.photos_n)
+    if a.clear_photos.is_dir():
+        for f in sorted(p for p in a.clear_photos.iterdir() if p.suffix.lower() in IMAGE_EXT)[:2]:
+            all_clips[f"clear pan {f.name}"] = panning_clip(read_rgb(f))
     gts: Dict[str, List[np.ndarray]] = {}
     for k, folder in enumerate(a.clip):
         if not folder.is_dir():
@@ -219,7 +235,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if len(gts[f"clip {folder.name}"]) != len(all_clips[f"clip {folder.name}"]):
                 raise SystemExit(f"--clip-gt {a.clip_gt[k]}: frame count differs from --clip {folder}")
     for name, frames in all_clips.items():
-        report["clips"][name] = measure_clip(a.model, frames, a.strength, gts.get(name))
+        report["clips"][name] = measure_clip(a.model, frames, a.strength, gts.get(name), dcp=not a.no_dcp)
         r = report["clips"][name]
         print(f"{name}: input {r.get('input', 0):.3e}  ratios {r.get('ratio')}", flush=True)
     fog = next((f for n, f in all_clips.items() if n.startswith("fog") and "640x360" not in n), None)

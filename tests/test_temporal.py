@@ -214,8 +214,9 @@ def test_benchmark_reports_ratios_and_tof_for_any_artifact(artifact, tmp_path):
         cv2.imwrite(str(clip / f"{k}.png"), (0.5 * view + 100).astype(np.uint8))
     out = tmp_path / "report"
     assert main(["--model", str(artifact), "--fog", str(tmp_path / "none"), "--photos", str(tmp_path / "none"),
-                 "--clip", str(clip), "--clip-gt", str(gt), "--no-cost", "--out", str(out)]) == 0
+                 "--clip", str(clip), "--clip-gt", str(gt), "--no-cost", "--clear-photos", str(tmp_path / "none"),
+                 "--out", str(out)]) == 0
     r = json.loads((out / "report.json").read_text())["clips"]["clip clip"]
-    assert r["pairs"] == 3 and set(r["ratio"]) == {"per_frame", "smoothed", "smoothed_bypass"}
+    assert r["pairs"] == 3 and set(r["ratio"]) == {"per_frame", "smoothed", "smoothed_bypass", "dcp"}
     assert all(v >= 0 for v in r["tof"].values())
     assert "| clip clip | 3 |" in (out / "report.md").read_text()
