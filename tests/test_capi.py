@@ -204,3 +204,9 @@ def test_import_runtime_needs_no_cffi():
     code = "import sys; sys.modules['cffi'] = None; import runtime; assert 'cffi' not in [m for m in sys.modules if sys.modules[m]]"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_runtime_readme_shows_the_real_header():
+    readme = (REPO / "runtime" / "README.md").read_text()
+    api = HEADER.read_text().split("EH_API_BEGIN", 1)[1].split("\n", 1)[1].split("/* EH_API_END", 1)[0].strip("\n")
+    assert f"```c\n{api}\n```" in readme, "runtime/README.md must show the API part of the header verbatim"
