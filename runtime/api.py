@@ -21,6 +21,7 @@ import numpy as np
 from .artifact import Artifact, resolve
 from .backends import Buffer, open_backend
 from .errors import RuntimeError_, Status
+from .temporal import HazeGate, TemporalRunner
 
 
 @dataclass
@@ -89,7 +90,6 @@ class Dehazer:
         self._max_hw = (int(hi[1]), int(hi[2])) if hi and "tensorrt" in self.backend_name.lower() else None
         self._closed = False
         # video mode (runtime/temporal.py): smoothing between the split graphs, and the clear-frame gate
-        from .temporal import HazeGate, TemporalRunner
         if isinstance(temporal, bool) or not isinstance(temporal, (int, float)) or not 0.0 <= temporal < 1.0:
             raise RuntimeError_(Status.BAD_ARGUMENT, f"temporal must be a strength in [0, 1), got {temporal!r}")
         self._temporal = TemporalRunner(self._backend, float(temporal)) if temporal > 0 else None
