@@ -159,7 +159,10 @@ class WindowSelfAttention(nn.Module):
     Departure from the paper (named in method.md §4.1): global spatial
     attention is quadratic in H*W and impossible at full resolution on an
     edge device, so attention runs inside ``window x window`` tiles. The map
-    is replicate-padded to a multiple of the window and cropped back.
+    is replicate-padded to a multiple of the window and cropped back; the
+    padded tokens are masked out as keys, so a border window attends only to
+    real tokens and the result does not depend on how much padding a size
+    needs (padded queries are computed and cropped away).
     """
 
     def __init__(self, channels: int, heads: int, window: int) -> None:
@@ -180,6 +183,8 @@ class WindowSelfAttention(nn.Module):
         if torch.jit.is_tracing() or pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
         hp, wp = x.shape[-2:]
+        # 1 on real tokens, 0 on padding, in the same window layout as k.
+        real = F.pad(x.new_ones(1, 1, h, w), (0, pad_w, 0, pad_h), value=0.0)
         qkv = self.qkv(x)
         nh, nw = hp // ws, wp // ws
         d = c // self.heads
@@ -187,7 +192,11 @@ class WindowSelfAttention(nn.Module):
         qkv = qkv.reshape(b, 3, self.heads, d, nh, ws, nw, ws)
         qkv = qkv.permute(1, 0, 4, 6, 2, 5, 7, 3).reshape(3, b * nh * nw, self.heads, ws * ws, d)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        attn = torch.softmax((q @ k.transpose(-2, -1)) * (d ** -0.5), dim=-1)
+        real = real.reshape(1, nh, ws, nw, ws).permute(0, 1, 3, 2, 4).reshape(nh * nw, 1, 1, ws * ws)
+        # Additive key mask, finite so fp16/INT8 graphs stay NaN-free; every
+        # window holds at least one real token (padding < window).
+        key_bias = ((real - 1.0) * 1e4).repeat(b, 1, 1, 1)
+        attn = torch.softmax((q @ k.transpose(-2, -1)) * (d ** -0.5) + key_bias, dim=-1)
         out = attn @ v  # (B*nh*nw), heads, ws*ws, d
         out = out.reshape(b, nh, nw, self.heads, ws, ws, d)
         out = out.permute(0, 3, 6, 1, 4, 2, 5).reshape(b, c, hp, wp)
