@@ -161,6 +161,26 @@ def test_embedded_runtime_that_cannot_load_is_internal_not_ok(lib_dir, art, tmp_
     assert not (tmp_path / "o.raw").exists()
 
 
+@needs_gcc
+def test_unexpected_python_exception_is_internal_with_its_name(lib_dir, art, tmp_path):
+    """Not a RuntimeError_ (a bug): EH_INTERNAL naming the exception, via a runtime whose Dehazer raises."""
+    fake = tmp_path / "fake_runtime"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(REPO)!r})\n"
+        "from runtime import Options, RuntimeError_, Status\n"
+        "class Dehazer:\n"
+        "    def __init__(self, path, options):\n"
+        "        raise ZeroDivisionError('boom from the fake runtime')\n")
+    exe = compile_c(REPO / "runtime" / "examples" / "dehaze_file.c", tmp_path / "dehaze_file", lib_dir)
+    frames(1)[0].tofile(tmp_path / "in.raw")
+    done = subprocess.run([str(exe), str(art), str(tmp_path / "in.raw"), str(tmp_path / "o.raw"), str(W), str(H)],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "EDGEHAZE_RUNTIME_DIR": str(fake)})
+    assert done.returncode == 1
+    assert (f"eh_create failed with status {int(Status.INTERNAL)}: [INTERNAL] eh_create: ZeroDivisionError: "
+            "boom from the fake runtime") in done.stderr
+
+
 # -- parity: the header against the Python runtime --------------------------------------------------------
 
 def _header_api() -> str:
