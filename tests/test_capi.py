@@ -9,6 +9,7 @@ says. The parity tests parse the header so its enum and options struct cannot dr
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -179,6 +180,20 @@ def test_unexpected_python_exception_is_internal_with_its_name(lib_dir, art, tmp
     assert done.returncode == 1
     assert (f"eh_create failed with status {int(Status.INTERNAL)}: [INTERNAL] eh_create: ZeroDivisionError: "
             "boom from the fake runtime") in done.stderr
+
+
+@needs_gcc
+def test_overhead_benchmark_runs_and_reports(lib_dir, tmp_path):
+    """benchmarks/capi_overhead.py end to end on a few frames (the numbers themselves are the benchmark's)."""
+    out = tmp_path / "overhead.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "capi_overhead.py"), "--lib", str(lib_dir),
+                           "--size", "48x64", "--frames", "5", "--model-frames", "2", "--repeats", "1",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert set(report["models"]) == {"identity", "tiny-conv"} and report["size"] == [48, 64]
+    for r in report["models"].values():
+        assert r["c_ms"] > 0 and r["python_ms"] > 0 and len(r["pairs_ms"]) == 1
 
 
 # -- parity: the header against the Python runtime --------------------------------------------------------
