@@ -20,10 +20,10 @@ _ORDERS = {0: None, 1: "RGB", 2: "BGR"}  # eh_channel_order -> the sidecar's cha
 _ORDER_CODES = {"RGB": 1, "BGR": 2}
 
 
-def _c_kind(annotation: str) -> str:
+def _c_kind(annotation: str) -> str | None:
     """How an Options field is laid out in eh_options (tests/test_capi.py checks the header agrees)."""
     base = str(annotation).replace(" ", "").replace("|None", "")
-    return {"str": "const char *", "int": "int32_t", "bool": "int32_t", "float": "double"}[base]
+    return {"str": "const char *", "int": "int32_t", "bool": "int32_t", "float": "double"}.get(base)
 
 
 class _DeviceImage:
@@ -61,10 +61,11 @@ class Bridge:
         self.layout = []  # (field name, C kind, end offset in eh_options)
         self.missing = []
         for f in dataclasses.fields(runtime.Options):
-            if f.name in c_fields:
+            kind = _c_kind(f.type)
+            if f.name in c_fields and kind is not None:
                 cf = c_fields[f.name]
-                self.layout.append((f.name, _c_kind(f.type), cf.offset + ffi.sizeof(cf.type)))
-            else:
+                self.layout.append((f.name, kind, cf.offset + ffi.sizeof(cf.type)))
+            else:  # an option the header does not carry (yet): eh_create says so instead of ignoring it
                 self.missing.append(f.name)
 
     # -- helpers ------------------------------------------------------------------------------------
