@@ -224,7 +224,8 @@ def test_header_options_struct_has_exactly_the_python_options():
               for t, n in re.findall(r"^\s*([A-Za-z_][\w\s\*]*?)\s*\b(\w+)\s*;", body, re.M)]
     assert fields[0] == ("size_t", "struct_size"), "struct_size must be the first field (ABI growth)"
     header = {n: t for t, n in fields[1:]}
-    python = {f.name: _C_TYPE[_python_kind(f.type)] for f in dataclasses.fields(Options)}
+    python = {f.name: _C_TYPE.get(_python_kind(f.type), f"no C layout for {f.type!r}: extend _C_TYPE and bridge.py")
+              for f in dataclasses.fields(Options)}
     assert list(header) == list(python), "eh_options must list every Options field, same names, same order"
     assert header == python
 
