@@ -173,7 +173,6 @@ def distilled(tmp_path_factory, teacher):
 
 def test_report_numbers_match_a_recomputation(distilled):
     from edgehaze.checkpoint import load_dehazer
-    from edgehaze.data.datasets import build_dataset
     from edgehaze.metrics.cost import count_params
     from edgehaze.metrics.fullref import psnr_torch
 
@@ -188,7 +187,10 @@ def test_report_numbers_match_a_recomputation(distilled):
         p = on_disk["models"][name]["params"]
         assert p["total"] == count_params(model) and p["depth"] == count_params(model.depth)
     assert on_disk["models"]["student"]["flops"]["depth"] > 0
-    val = build_dataset(root / "data", split="test")
+    from edgehaze.train.config import DataConfig
+    from edgehaze.train.data import build_val_set
+
+    val = build_val_set(DataConfig(root=str(root / "data"), crop=None, flip=False))  # the held-out training scene
     with torch.no_grad():
         psnrs = [float(psnr_torch(student(val[i]["hazy"][None]).clamp(0, 1), val[i]["gt"][None])) for i in range(len(val))]
     assert on_disk["models"]["student"]["quality"]["psnr"] == pytest.approx(sum(psnrs) / len(psnrs), abs=1e-6)

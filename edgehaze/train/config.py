@@ -28,7 +28,8 @@ from edgehaze.errors import ConfigError
 
 T = TypeVar("T")
 
-STAGES = ("rgb", "fused")
+STAGES = ("rgb", "fused", "control")
+HOLDOUT = "holdout"
 FINETUNE_MODES = ("all", "depth")
 SCHEDULERS = ("constant", "cosine", "cosine_restarts")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
@@ -72,6 +73,11 @@ class DataConfig:
 
     root/layout/train_split: the training pairs. val_root defaults to root,
     val_split picks the validation split (None: no validation).
+    ``val_split: holdout`` (the default) carves validation from the training
+    split itself: every ``holdout_every``-th scene (all pairs sharing one
+    ground truth stay together) is held out and never trained on. A test split
+    (``test``, SOTS) is never a validation split: choosing ``best`` on it would
+    make the test numbers optimistic (see :func:`check_validation_not_test`).
     crop/flip: training augmentation (random crop side, horizontal flip).
     val_limit: validate on the first N pairs only (None: all).
     procedural: if set and root holds no data, generate it there first.
@@ -82,7 +88,8 @@ class DataConfig:
     train_split: Optional[str] = "train"
     val_root: Optional[str] = None
     val_layout: str = "auto"
-    val_split: Optional[str] = "test"
+    val_split: Optional[str] = HOLDOUT
+    holdout_every: int = 7
     crop: Optional[int] = 256
     flip: bool = True
     workers: int = 2
@@ -176,7 +183,10 @@ class TrainConfig:
     """``edgehaze train``: the two-stage teacher recipe (paper §Overall Framework).
 
     stages: which stages this command runs, in order: ``[rgb, fused]``,
-        ``[rgb]`` or ``[fused]``.
+        ``[rgb]`` or ``[fused]``; add ``control`` (``[rgb, fused, control]``)
+        for the equal-budget RGB-only control: stage 1's pick continued
+        without depth for exactly the fused stage's steps, learning rate and
+        schedule, so "fused minus control" isolates what depth adds.
     out_dir: the run directory (checkpoints, logs, resolved config);
         ``{name}`` is replaced by ``name``.
     """
@@ -201,10 +211,12 @@ class TrainConfig:
         if not self.stages:
             raise ConfigError(f"{where}: 'stages' is empty; use [rgb], [fused] or [rgb, fused]")
         if list(self.stages) != [s for s in STAGES if s in self.stages]:
-            raise ConfigError(f"{where}: 'stages' must run rgb before fused, got {self.stages}")
+            raise ConfigError(f"{where}: 'stages' must run rgb before fused (and control last), got {self.stages}")
+        if "control" in self.stages and "rgb" not in self.stages and not self.fused.init:
+            raise ConfigError(f"{where}: the 'control' stage continues stage 1: run [rgb, fused, control] or set fused.init=CHECKPOINT")
         if "fused" in self.stages and not self.model.depth:
             raise ConfigError(f"{where}: the fused stage needs 'model.depth' (e.g. dav2-l)")
-        for name in STAGES:
+        for name in ("rgb", "fused"):  # the control uses the fused stage's settings
             stage: StageConfig = getattr(self, name)
             _check_choice(stage.scheduler, SCHEDULERS, f"{name}.scheduler", where)
             _check_choice(stage.finetune, FINETUNE_MODES, f"{name}.finetune", where)
@@ -232,6 +244,42 @@ class TrainConfig:
             )
         if self.data.root is None:
             raise ConfigError(f"{where}: 'data.root' is not set; pass data.root=DIR")
+        check_validation_not_test(self.data, where)
+
+
+_TEST_NAMES = ("test", "testing", "sots")
+
+
+def _looks_like_test(name: str) -> bool:
+    """A split or folder name that denotes held-out test data (SOTS = RESIDE's test set)."""
+    low = name.lower()
+    if "train" in low:  # sots_indoor_train is training data
+        return False
+    return any(t in low for t in _TEST_NAMES)
+
+
+def check_validation_not_test(data: "DataConfig", where: str) -> None:
+    """ConfigError when validation (which picks ``best``) would read a test split.
+
+    Checks ``data.val_split`` and every component of ``data.val_root``; also
+    rejects ``holdout`` carved from a test split and ``holdout_every < 2``.
+    """
+    if data.val_split is not None and data.val_split != HOLDOUT and _looks_like_test(data.val_split):
+        raise ConfigError(
+            f"{where}: 'data.val_split: {data.val_split}' is a test split; validation chooses the best "
+            f"checkpoint and must not see test data: use 'data.val_split: {HOLDOUT}' (every "
+            "data.holdout_every-th training scene) or a validation split"
+        )
+    if data.val_root is not None and any(_looks_like_test(p) for p in Path(data.val_root).parts):
+        raise ConfigError(
+            f"{where}: 'data.val_root: {data.val_root}' looks like a test set; evaluate on it with "
+            f"'edgehaze eval' after training and validate on 'data.val_split: {HOLDOUT}' instead"
+        )
+    if data.val_split == HOLDOUT:
+        if data.train_split is not None and _looks_like_test(data.train_split):
+            raise ConfigError(f"{where}: 'data.train_split: {data.train_split}' is a test split; train on a training split")
+        if data.holdout_every < 2:
+            raise ConfigError(f"{where}: 'data.holdout_every' must be >= 2, got {data.holdout_every}")
 
 
 def check_positive(value: int, key: str, where: str) -> None:

@@ -10,13 +10,13 @@ would have seen.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from edgehaze.errors import ConfigError, EdgehazeError
-from edgehaze.train.config import DataConfig
+from edgehaze.train.config import HOLDOUT, DataConfig
 
 
 class ResumableSampler(DistributedSampler):
@@ -110,16 +110,51 @@ def ensure_data(cfg: DataConfig, is_main: bool = True) -> None:
     make_procedural_dataset(root, p.n_train, p.n_test, size=(p.size[0], p.size[1]), seed=p.seed, progress=True)
 
 
-def build_train_set(cfg: DataConfig, seed: int) -> Any:
-    """The training :class:`PairedDataset` (random crop/flip per the config)."""
-    from edgehaze.data.datasets import build_dataset
+def _scene_key(pair: Any) -> str:
+    """Pairs sharing a ground truth are one scene (SOTS: 3 hazy per clear)."""
+    return str(pair.gt) if pair.gt is not None else str(pair.hazy)
+
+
+def split_holdout(pairs: Any, every: int) -> Tuple[List[Any], List[Any]]:
+    """(train, validation) pairs: every ``every``-th scene, in sorted order, is held out.
+
+    Deterministic and disjoint by scene. With fewer than ``every`` scenes the
+    last scene is held out, so validation is never empty when >= 2 scenes exist.
+    """
+    scenes = sorted({_scene_key(p) for p in pairs})
+    held = {s for i, s in enumerate(scenes) if i % every == every - 1}
+    if not held and len(scenes) >= 2:
+        held = {scenes[-1]}
+    if not held:
+        raise EdgehazeError(f"data.val_split=holdout needs at least 2 training scenes, found {len(scenes)}")
+    train = [p for p in pairs if _scene_key(p) not in held]
+    val = [p for p in pairs if _scene_key(p) in held]
+    return train, val
+
+
+def _training_pairs(cfg: DataConfig) -> Any:
+    from edgehaze.data.layouts import find_pairs
 
     if cfg.root is None:
         raise ConfigError("data.root is not set; pass data.root=DIR")
     try:
-        return build_dataset(
-            cfg.root, layout=cfg.layout, split=cfg.train_split, crop=cfg.crop, flip=cfg.flip, seed=seed, skip_bad=cfg.skip_bad
-        )
+        return find_pairs(Path(cfg.root), layout=cfg.layout, split=cfg.train_split)
+    except EdgehazeError as exc:
+        raise EdgehazeError(f"data.root={cfg.root}: {exc}") from None
+
+
+def build_train_set(cfg: DataConfig, seed: int) -> Any:
+    """The training :class:`PairedDataset` (random crop/flip per the config).
+
+    With ``val_split: holdout`` the held-out validation scenes are removed.
+    """
+    from edgehaze.data.datasets import PairedDataset
+
+    pairs = _training_pairs(cfg)
+    if cfg.val_split == HOLDOUT:
+        pairs.pairs = split_holdout(pairs.pairs, cfg.holdout_every)[0]
+    try:
+        return PairedDataset(pairs, crop=cfg.crop, flip=cfg.flip, seed=seed, skip_bad=cfg.skip_bad)
     except EdgehazeError as exc:
         raise EdgehazeError(f"data.root={cfg.root}: {exc}") from None
 
@@ -131,6 +166,13 @@ def build_val_set(cfg: DataConfig, limit: Optional[int] = None) -> Optional[Any]
 
     if cfg.val_split is None and cfg.val_root is None:
         return None
+    if cfg.val_split == HOLDOUT and cfg.val_root is None:
+        pairs = _training_pairs(cfg)
+        pairs.pairs = split_holdout(pairs.pairs, cfg.holdout_every)[1]
+        limit = cfg.val_limit if limit is None else limit
+        if limit is not None:
+            pairs.pairs = pairs.pairs[:limit]
+        return PairedDataset(pairs, crop=None, flip=False, skip_bad=cfg.skip_bad)
     root = Path(cfg.val_root or cfg.root or ".")
     layout = cfg.val_layout if cfg.val_root else cfg.layout
     try:

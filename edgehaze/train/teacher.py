@@ -334,13 +334,17 @@ def _run(cfg: TrainConfig, resume: bool, ctx: DistContext) -> Dict[str, StageRes
     previous: Optional[StageResult] = None
     for index, stage in enumerate(cfg.stages):
         seed_everything(cfg.seed + 1000 * index)  # each stage's init is independent of how we got here
-        stage_cfg = getattr(cfg, stage)
+        # The control runs on the fused stage's budget and schedule (same steps, lr, scheduler).
+        stage_cfg = cfg.fused if stage == "control" else getattr(cfg, stage)
         cache = None
         if stage == "rgb":
             model = build_rgb_model(cfg)
             params = [p for p in model.parameters() if p.requires_grad]
+        elif stage == "control":
+            model = build_control_model(cfg, results.get("rgb"))
+            params = [p for p in model.parameters() if p.requires_grad]
         else:
-            stage1, source = _stage1_for_fused(cfg, previous)
+            stage1, source = _stage1_for_fused(cfg, results.get("rgb", previous))
             model = build_fused_model(cfg, stage1, source)
             params = configure_finetune(model, stage_cfg.finetune)
             if stage_cfg.fusion_lr_scale != 1.0:
@@ -369,8 +373,31 @@ def _run(cfg: TrainConfig, resume: bool, ctx: DistContext) -> Dict[str, StageRes
         previous = result
         if ctx.is_main:
             best = f", best {cfg.train.metric} {result.best_metric:.3f} -> {result.best_path}" if result.best_metric is not None else ""
-            print(f"edgehaze train: stage {stage} done at step {result.steps}{best}; last -> {result.last_path}")
+            chosen = f" (chosen on validation split {cfg.data.val_split!r})" if result.best_metric is not None else ""
+            print(f"edgehaze train: stage {stage} done at step {result.steps}{best}{chosen}; last -> {result.last_path}")
+    if ctx.is_main and "fused" in results and "control" in results:
+        gain = fused_minus_control(results["fused"], results["control"])
+        if gain is not None:
+            print(f"edgehaze train: fused minus control (best {cfg.train.metric} on validation, equal budget): {gain:+.3f}")
     return results
+
+
+def fused_minus_control(fused: StageResult, control: StageResult) -> Optional[float]:
+    """What depth adds at an equal budget: best validation metric, fused minus control."""
+    if fused.best_metric is None or control.best_metric is None:
+        return None
+    return float(fused.best_metric) - float(control.best_metric)
+
+
+def build_control_model(cfg: TrainConfig, rgb: Optional[StageResult]) -> nn.Module:
+    """The RGB-only control: the same stage-1 pick the fused stage starts from, no depth."""
+    from edgehaze.models.dehazer import build_dehazer
+
+    stage1, source = _stage1_for_fused(cfg, rgb)
+    m = cfg.model
+    model = build_dehazer(backbone=m.backbone, depth=None, backbone_kwargs=m.backbone_kwargs)
+    load_stage1_weights(model, stage1, source)
+    return model
 
 
 def find_resumable(run_dir: Path) -> bool:
