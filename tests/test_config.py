@@ -91,7 +91,7 @@ def test_parse_value() -> None:
         ("stages: [rgb, colour]", "'stages'"),
         ("fused: {finetune: half}", "fused.finetune"),
         ("train: {amp: fp8}", "train.amp"),
-        ("train: {depth_cache: true}", "depth_cache"),  # with the default random crop
+        ("train: {depth_cache: true, depth_scale: crop}", "depth_cache"),  # per-crop depth with the default random crop
         ("rgb: {steps: 0}", "rgb.steps"),
         ("model: {depth: null}", "model.depth"),
     ],

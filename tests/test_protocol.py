@@ -107,3 +107,23 @@ def test_control_has_the_fused_stage_steps_and_schedule(tmp_path: Path, tiny_dat
 def test_control_needs_stage_one(tmp_path: Path, tiny_data: Path) -> None:
     with pytest.raises(ConfigError, match="control"):
         _config(tmp_path, tiny_data, "stages=[fused, control]")
+
+
+def test_zero_conv_gradient_norms_are_logged_and_small_z1_keeps_the_exact_start(tmp_path: Path, tiny_data: Path) -> None:
+    import torch
+
+    from edgehaze.train.teacher import build_fused_model, init_z1, run_training
+
+    cfg = _config(tmp_path, tiny_data, "stages=[rgb, fused]", "fused.z1_init_std=0.01")
+    run_training(cfg)
+    rows = _rows(tmp_path / "run", "fused")
+    assert len(rows) == 5 and all("grad_z1" in r and "grad_z2" in r for r in rows)
+    assert float(rows[0]["grad_z2"]) > 0  # Z2 gets a gradient from the first step
+    # a non-zero Z1 with Z2 = 0: still exactly the stage-1 output
+    model = build_fused_model(cfg, None, "random").eval()
+    x = torch.rand(1, 3, 24, 24)
+    with torch.no_grad():
+        before = model(x)
+        init_z1(model, 0.01, 0)
+        assert any(float(b.z1.weight.abs().sum()) > 0 for b in model.fused_blocks())
+        assert torch.equal(model(x), before)

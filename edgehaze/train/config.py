@@ -112,8 +112,13 @@ class TrainSection:
         checkpoint then use the EMA weights.
     val_every/ckpt_every/log_every: in optimiser steps (ckpt_every 0 = at
         each validation; also written at the end of a stage).
-    depth_cache: cache the frozen teacher's features on disk (needs
-        ``data.crop: null`` and ``data.flip: false``).
+    depth_cache: cache the frozen teacher's features on disk (with
+        ``depth_scale: crop`` it needs ``data.crop: null`` and ``data.flip: false``).
+    depth_scale: ``full_image`` (default): the frozen teacher runs on the
+        whole training image and its features are cropped/flipped with the
+        RGB crop (:mod:`edgehaze.train.depth_crop`), as at test time where it
+        sees the whole image; ``crop``: on each crop (the old behaviour, whose
+        depth statistics differ between training and test).
     device: ``auto``, ``cpu``, ``cuda`` (under torchrun: the local rank's GPU).
     threads: torch CPU threads (0 = leave torch's default).
     """
@@ -130,6 +135,7 @@ class TrainSection:
     ckpt_every: int = 0
     log_every: int = 10
     depth_cache: bool = False
+    depth_scale: str = "full_image"
     device: str = "auto"
     threads: int = 0
     metric: str = "psnr"
@@ -156,6 +162,12 @@ class StageConfig:
         blocks (z1/rdf/z2). The zero-initialised branch opens slowly; a
         factor > 1 lets it contribute within a short budget while the
         pretrained backbone keeps its own rate. 1 = the paper's recipe.
+    z1_init_std: fused stage only: initialise Z1 with N(0, std) instead of
+        zero; Z2 stays zero, so the start is still exactly stage 1, but the
+        fusion module sees the depth from the first step and Z2's gradient
+        carries depth information (with Z1 = 0 it sees zeros until Z1 moves,
+        and Z1 gets no gradient until Z2 moves). 0 = the paper's zero init.
+        ``grad_z1``/``grad_z2`` in ``train_log.csv`` show the effect.
     """
 
     steps: int = 1000
@@ -167,6 +179,7 @@ class StageConfig:
     finetune: str = "all"
     init: Optional[str] = None
     fusion_lr_scale: float = 1.0
+    z1_init_std: float = 0.0
 
 
 @dataclass
@@ -223,6 +236,8 @@ class TrainConfig:
             _positive(stage.steps, f"{name}.steps", where)
             if stage.restart_every < 0 or stage.restart_mult < 1:
                 raise ConfigError(f"{where}: '{name}.restart_every' must be >= 0 and 'restart_mult' >= 1")
+            if stage.z1_init_std < 0:
+                raise ConfigError(f"{where}: '{name}.z1_init_std' must be >= 0, got {stage.z1_init_std}")
             if not stage.fusion_lr_scale > 0:
                 raise ConfigError(f"{where}: '{name}.fusion_lr_scale' must be > 0, got {stage.fusion_lr_scale}")
         if self.rgb.finetune != "all":
@@ -236,7 +251,8 @@ class TrainConfig:
             raise ConfigError(f"{where}: 'train.betas' needs two numbers, got {t.betas}")
         if not 0.0 <= t.ema < 1.0:
             raise ConfigError(f"{where}: 'train.ema' is a decay in [0, 1), got {t.ema}")
-        if t.depth_cache and (self.data.crop is not None or self.data.flip):
+        _check_choice(t.depth_scale, ("full_image", "crop"), "train.depth_scale", where)
+        if t.depth_cache and t.depth_scale == "crop" and (self.data.crop is not None or self.data.flip):
             raise ConfigError(
                 f"{where}: 'train.depth_cache: true' stores one feature set per image and is only valid "
                 "without random augmentation; set 'data.crop: null' and 'data.flip: false' "

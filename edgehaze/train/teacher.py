@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from edgehaze.errors import CheckpointError, ConfigError
-from edgehaze.train.config import TrainConfig, save_config, to_dict
+from edgehaze.train.config import TrainConfig, replace, save_config, to_dict
 from edgehaze.train.data import build_train_set, build_val_set, ensure_data
 from edgehaze.train.ddp import DistContext, barrier, cleanup, init_distributed, unwrap
 from edgehaze.train.losses import RestorationLoss
@@ -325,7 +325,14 @@ def _run(cfg: TrainConfig, resume: bool, ctx: DistContext) -> Dict[str, StageRes
         if ctx.enabled:
             print(f"edgehaze train: {ctx.world_size} processes ({ctx.backend}), run dir {run_dir}")
     barrier(ctx)
-    train_set = build_train_set(cfg.data, cfg.seed)
+    full_image_depth = cfg.train.depth_scale == "full_image" and "fused" in cfg.stages
+    if full_image_depth:
+        from edgehaze.train.depth_crop import CropWithBox
+
+        whole = build_train_set(replace(cfg.data, crop=None, flip=False), cfg.seed)
+        train_set = CropWithBox(whole, cfg.data.crop, cfg.data.flip, cfg.seed)
+    else:
+        train_set = build_train_set(cfg.data, cfg.seed)
     val_set = build_val_set(cfg.data)
     validate_fn = make_validate_fn(val_set) if val_set is not None else None
     loss_fn = RestorationLoss(cfg.loss.l1, cfg.loss.ssim, cfg.loss.fft)
@@ -346,11 +353,18 @@ def _run(cfg: TrainConfig, resume: bool, ctx: DistContext) -> Dict[str, StageRes
         else:
             stage1, source = _stage1_for_fused(cfg, results.get("rgb", previous))
             model = build_fused_model(cfg, stage1, source)
+            if stage_cfg.z1_init_std > 0:
+                init_z1(model, stage_cfg.z1_init_std, cfg.seed)
             params = configure_finetune(model, stage_cfg.finetune)
             if stage_cfg.fusion_lr_scale != 1.0:
                 params = fusion_param_groups(model, params, stage_cfg.fusion_lr_scale)
-            if cfg.train.depth_cache and model.depth is not None and not model.depth.trainable:
+            frozen = model.depth is not None and not model.depth.trainable
+            if cfg.train.depth_cache and frozen:
                 cache = DepthFeatureCache(run_dir / "depth_cache", model.depth, train_set)
+            if full_image_depth and frozen:
+                from edgehaze.train.depth_crop import FullImageDepth
+
+                cache = FullImageDepth(train_set, cache)
         trainer = Trainer(
             model=model,
             step_fn=make_step_fn(loss_fn, cache),
@@ -367,6 +381,7 @@ def _run(cfg: TrainConfig, resume: bool, ctx: DistContext) -> Dict[str, StageRes
             set_train_mode=train_mode_keeping_frozen_norms,
             log_dir=run_dir,
             record={**record, "finetune": stage_cfg.finetune if stage == "fused" else None},
+            grad_probe=(lambda m=model: zero_conv_grad_norms(m)) if stage == "fused" else None,
         )
         result = trainer.fit(resume=resume)
         results[stage] = result
@@ -380,6 +395,34 @@ def _run(cfg: TrainConfig, resume: bool, ctx: DistContext) -> Dict[str, StageRes
         if gain is not None:
             print(f"edgehaze train: fused minus control (best {cfg.train.metric} on validation, equal budget): {gain:+.3f}")
     return results
+
+
+def zero_conv_grad_norms(model: nn.Module) -> Dict[str, float]:
+    """L2 norms of the gradients reaching the fusion blocks' Z1 and Z2 (all blocks together).
+
+    Why the branch stays shut (issue 16, item 6): at the exact start Z2 = 0,
+    so Z1 and the fusion module get no gradient at all until Z2 moves; these
+    norms over training show how fast it opens.
+    """
+    out: Dict[str, float] = {}
+    for part in ("z1", "z2"):
+        sq = 0.0
+        for block in model.fused_blocks():
+            for p in getattr(block, part).parameters():
+                if p.grad is not None:
+                    sq += float(p.grad.detach().float().pow(2).sum())
+        out[f"grad_{part}"] = sq ** 0.5
+    return out
+
+
+def init_z1(model: nn.Module, std: float, seed: int) -> None:
+    """A small non-zero Z1 (Z2 stays zero, so the output still starts equal to stage 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    for block in model.fused_blocks():
+        for p in block.z1.parameters():
+            if p.dim() > 1:
+                with torch.no_grad():
+                    p.copy_(torch.randn(p.shape, generator=gen) * std)
 
 
 def fused_minus_control(fused: StageResult, control: StageResult) -> Optional[float]:

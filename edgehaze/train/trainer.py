@@ -166,7 +166,11 @@ class Trainer:
         extra_state: Optional[Callable[[], Dict[str, Any]]] = None,
         load_extra_state: Optional[Callable[[Dict[str, Any]], None]] = None,
         record: Optional[Dict[str, Any]] = None,
+        grad_probe: Optional[Callable[[], Dict[str, float]]] = None,
     ) -> None:
+        #: called after each step's backward, before the update: named gradient
+        #: norms (e.g. the fusion zero-convs) that go into train_log.csv
+        self.grad_probe = grad_probe
         self.model = model.to(ctx.device)
         self.step_fn = step_fn
         self.stage = stage
@@ -342,6 +346,9 @@ class Trainer:
         if self.cfg.grad_clip > 0:
             self.scaler.unscale_(self.opt)
             sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip))
+        if self.grad_probe is not None:
+            scale = float(self.scaler.get_scale()) if self.scaler.is_enabled() and not self.cfg.grad_clip > 0 else 1.0
+            sums.update({k: v / scale for k, v in self.grad_probe().items()})
         sums["lr"] = float(self.opt.param_groups[0]["lr"])
         self.scaler.step(self.opt)
         self.scaler.update()
