@@ -91,7 +91,7 @@ def test_eval_hazy_only_gets_no_reference_metrics(tmp_path: Path, data_dir: Path
     summary = json.loads((out / "summary.json").read_text())
     assert summary["layout"] == "hazy-only" and not summary["has_gt"]
     assert summary["metrics"]["fade"] > 0
-    assert set(summary["metrics_skipped"]) == {"psnr", "ssim", "psnr_y"}
+    assert set(summary["metrics_skipped"]) == {"psnr", "ssim", "psnr_y", "halo"}
     # 32 x 48 is below NIQE's 96 x 96 minimum: recorded per image, not a crash
     assert summary["metrics"]["niqe"] is None and summary["metric_errors"][0]["metric"] == "niqe"
 

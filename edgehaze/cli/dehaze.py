@@ -25,7 +25,9 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("images", nargs="+", help="image files, folders or glob patterns")
-    p.add_argument("--checkpoint", required=True, help="edgehaze checkpoint (.safetensors)")
+    p.add_argument("--checkpoint", help="edgehaze checkpoint (.safetensors); not needed for --method dcp")
+    p.add_argument("--method", choices=["model", "dcp"], default="model",
+                   help="model (the checkpoint) or dcp: the dark-channel prior (He et al.), the baseline to beat")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--depth-weights", default=None, help="teacher weights path, if it moved since training")
     p.add_argument("--ext", default=".png", choices=[".png", ".jpg", ".bmp", ".tif"], help="output format")
@@ -68,7 +70,16 @@ def run(args: argparse.Namespace) -> int:
     files = list_images(args.images)
     if not files:
         raise EdgehazeError(f"no images found in {' '.join(args.images)} (supported: png, jpg, bmp, tif, webp)")
-    model, meta = load_dehazer(args.checkpoint, depth_weights=args.depth_weights)
+    if args.method == "dcp":
+        from edgehaze.dcp import dcp_runner
+
+        model, tile = None, 0  # the prior is cheap per pixel and global (airlight): whole images, no tiles
+        max_pixels = max(max_pixels, 1 << 40)
+        run_dcp = dcp_runner()
+    elif args.checkpoint is None:
+        raise EdgehazeError("--checkpoint is required (or --method dcp for the dark-channel prior)")
+    else:
+        model, meta = load_dehazer(args.checkpoint, depth_weights=args.depth_weights)
     if tile:
         try:  # the overlap is rounded up to the model's alignment: check the tile still has a core
             plan_tiles(1, 1, tile, overlap, tile_alignment(model))
@@ -108,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
                 continue
             result = dehaze_tiled(model, image, tile=tile, overlap=overlap, bits=args.bits)
             del image
+        elif model is None:
+            result = run_dcp(image)
         else:
             with torch.inference_mode():
                 result = to_image(model(to_tensor(image)))

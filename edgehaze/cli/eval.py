@@ -27,7 +27,11 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True, type=Path, help="model file (.safetensors checkpoint)")
+    p.add_argument("--checkpoint", type=Path, help="model file (.safetensors checkpoint or exported .onnx)")
+    p.add_argument("--method", choices=["model", "dcp"], default="model",
+                   help="model (--checkpoint) or dcp: evaluate the dark-channel prior itself")
+    p.add_argument("--no-dcp", action="store_true",
+                   help="skip the dark-channel prior baseline columns (default: scored on the same images)")
     p.add_argument("--data", type=Path, help="dataset folder")
     p.add_argument("--layout", default="auto", help="auto, reside, dehazeformer, rw2ah, hazy-only")
     p.add_argument("--split", default=None, help="train/test for layouts with splits (default: test)")
@@ -76,17 +80,33 @@ def run(args: argparse.Namespace) -> int:
     if args.max_images is not None:
         pairs.pairs = pairs.pairs[: args.max_images]
     dataset = PairedDataset(pairs, skip_bad=args.skip_bad)
-    runner = make_runner(args.checkpoint, depth_weights=args.depth_weights, threads=args.threads)
+    from edgehaze.dcp import dcp_runner
+    from edgehaze.data.runners import Runner
+
+    if args.method == "dcp":
+        runner = Runner(run=dcp_runner(), info={"kind": "dark-channel prior", "params": "patch 15, omega 0.95, "
+                                                "t0 0.1, guided filter r 60 eps 1e-4"})
+        label = "dcp"
+    elif args.checkpoint is None:
+        raise EdgehazeError("--checkpoint is required (or --method dcp for the dark-channel prior alone)")
+    else:
+        runner = make_runner(args.checkpoint, depth_weights=args.depth_weights, threads=args.threads)
+        label = args.checkpoint.stem
+    baseline = None if (args.no_dcp or args.method == "dcp") else dcp_runner()
 
     data_name = (args.data or args.hazy).resolve().name
-    out = args.out or Path("eval") / f"{args.checkpoint.stem}_{data_name}"
+    out = args.out or Path("eval") / f"{label}_{data_name}"
     summary = evaluate(
         runner, dataset, out, stats=stats, sheet_rows=args.sheet_rows, save_outputs=args.save_images,
         extra_summary={"checkpoint": str(args.checkpoint), "data": str(args.data or args.hazy),
                        "layout": pairs.layout},
+        baseline=baseline,
     )
     shown = ", ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items() if v is not None)
     print(f"{summary['count']} images ({pairs.layout}): {shown}")
+    if summary.get("baseline"):
+        base = ", ".join(f"{k} {v:.4f}" for k, v in summary["baseline"]["metrics"].items() if v is not None)
+        print(f"  dark-channel prior on the same images: {base}")
     for name, why in summary["metrics_skipped"].items():
         print(f"  {name} skipped: {why}")
     if summary["skipped"]:

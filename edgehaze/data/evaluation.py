@@ -24,7 +24,7 @@ from edgehaze.data.runners import Runner
 from edgehaze.errors import EdgehazeError
 from edgehaze.imageio import atomic_write_bytes, write_image
 
-FULL_REFERENCE = ("psnr", "ssim", "psnr_y")
+FULL_REFERENCE = ("psnr", "ssim", "psnr_y", "halo")
 
 
 @dataclass
@@ -65,6 +65,11 @@ def _metric_functions(has_gt: bool, stats: NoReferenceStats) -> Tuple[Dict[str, 
     skipped: Dict[str, str] = {}
     if has_gt:
         for name in FULL_REFERENCE:
+            if name == "halo":  # grey levels of local error beside strong edges (edgehaze.metrics.halo)
+                from edgehaze.metrics.halo import halo_measure
+
+                fns[name] = lambda pred, gt, hazy: halo_measure(pred, gt)["halo"]
+                continue
             if not hasattr(M, name):
                 skipped[name] = f"edgehaze.metrics has no '{name}'"
                 continue
@@ -136,11 +141,16 @@ def evaluate(
     save_outputs: bool = False,
     progress: bool = True,
     extra_summary: Optional[Dict[str, Any]] = None,
+    baseline: Optional[Runner] = None,
 ) -> Dict[str, Any]:
     """Run ``runner`` on every pair, write ``metrics.csv``, ``summary.json``, ``contact_sheet.png``.
 
-    Returns the summary dict. Images that fail to load are skipped (and
-    listed) when the dataset has ``skip_bad``, else the error propagates.
+    ``baseline`` (the dark-channel prior, :func:`edgehaze.dcp.dcp_runner`, by
+    default in ``edgehaze eval``) runs on the same images in the same run: its
+    metrics are the ``dcp_*`` columns and ``summary["baseline"]``, and its
+    output is a contact-sheet column. Returns the summary dict. Images that
+    fail to load are skipped (and listed) when the dataset has ``skip_bad``,
+    else the error propagates.
     """
     out = Path(out)
     stats = stats or NoReferenceStats()
@@ -174,25 +184,26 @@ def evaluate(
         row: Dict[str, Any] = {"name": pair.name, "hazy": str(pair.hazy), "gt": str(pair.gt or "")}
         p64, h64 = pred.astype(np.float64), hazy.astype(np.float64)
         g64 = gt.astype(np.float64) if gt is not None else None
-        for name, fn in fns.items():
-            try:
-                row[name] = float(fn(p64, g64, h64))
-            except EdgehazeError as exc:  # e.g. NIQE on a tiny image
-                row[name] = float("nan")
-                metric_errors.append({"name": pair.name, "metric": name, "reason": str(exc)})
+        _score(fns, p64, g64, h64, row, "", pair.name, metric_errors)
         row["ms"] = 1000.0 * times[-1]
+        base = None
+        if baseline is not None:
+            base = np.clip(np.asarray(baseline(hazy), dtype=np.float32), 0.0, 1.0)
+            _score({k: f for k, f in fns.items() if k != "psnr_hazy"}, base.astype(np.float64), g64, h64, row,
+                   "dcp_", pair.name, metric_errors)
         rows.append(row)
         if save_outputs:
             write_image(out / "images" / f"{pair.name}.png", pred)
         if len(sheet) < sheet_rows:
-            tiles = [hazy, pred] + ([gt] if gt is not None else [])
+            tiles = [hazy] + ([base] if base is not None else []) + [pred] + ([gt] if gt is not None else [])
             if runner.depth is not None:
                 tiles.append(depth_colour(runner.depth(hazy)))
             sheet.append(tiles)
 
     if not rows:
         raise EdgehazeError(f"no image could be evaluated ({len(dataset.skipped)} skipped)")
-    columns = ["name"] + names + ["ms", "hazy", "gt"]
+    base_names = [f"dcp_{n}" for n in names if n != "psnr_hazy"] if baseline is not None else []
+    columns = ["name"] + names + base_names + ["ms", "hazy", "gt"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -201,10 +212,11 @@ def evaluate(
     # surrogateescape: a file name that is not UTF-8 goes into the CSV as its original bytes
     atomic_write_bytes(out / "metrics.csv", buf.getvalue().encode("utf-8", "surrogateescape"))
 
-    means: Dict[str, Optional[float]] = {}
-    for name in names:
-        vals = [r[name] for r in rows if not math.isnan(r[name])]
-        means[name] = float(np.mean(vals)) if vals else None
+    def mean_of(name: str) -> Optional[float]:
+        vals = [r[name] for r in rows if name in r and not math.isnan(r[name])]
+        return float(np.mean(vals)) if vals else None
+
+    means: Dict[str, Optional[float]] = {name: mean_of(name) for name in names}
     sheet_path = write_image(out / "contact_sheet.png", contact_sheet(sheet))
     summary: Dict[str, Any] = {
         "count": len(rows),
@@ -214,7 +226,10 @@ def evaluate(
         "skipped": [{"name": n, "reason": r} for n, r in dataset.skipped],
         "mean_ms_per_image": 1000.0 * float(np.mean(times)),
         "has_gt": dataset.has_gt,
-        "columns": {"contact_sheet": ["hazy", "output"] + (["gt"] if dataset.has_gt else [])
+        "baseline": ({"name": getattr(baseline, "name", "baseline"),
+                      "metrics": {n[4:]: mean_of(n) for n in base_names}} if baseline is not None else None),
+        "columns": {"contact_sheet": ["hazy"] + (["dark-channel prior"] if baseline is not None else []) + ["output"]
+                    + (["gt"] if dataset.has_gt else [])
                     + (["depth"] if runner.depth is not None else [])},
         "files": {"csv": str(out / "metrics.csv"), "contact_sheet": str(sheet_path)},
         "model": runner.info,
@@ -222,3 +237,14 @@ def evaluate(
     summary.update(extra_summary or {})
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2, default=str).encode())
     return summary
+
+
+def _score(fns: Dict[str, Callable], pred: np.ndarray, gt: Optional[np.ndarray], hazy: np.ndarray,
+           row: Dict[str, Any], prefix: str, name: str, errors: List[Dict[str, str]]) -> None:
+    """Every metric of ``fns`` on one output, into ``row`` as ``prefix + metric`` (NaN and a note on failure)."""
+    for metric, fn in fns.items():
+        try:
+            row[prefix + metric] = float(fn(pred, gt, hazy))
+        except EdgehazeError as exc:  # e.g. NIQE on a tiny image
+            row[prefix + metric] = float("nan")
+            errors.append({"name": name, "metric": prefix + metric, "reason": str(exc)})
