@@ -158,7 +158,7 @@ class Stage:
 
 
 def _final(stage_dir: Path) -> Path:
-    """A stage's final weights. Not ``best``: that is picked on the test split the report scores."""
+    """A stage's final weights (the report names them; ``best`` is chosen on the training hold-out)."""
     return stage_dir / "last.safetensors"
 
 
@@ -249,7 +249,7 @@ class Demo:
                 "depth_kwargs": {"input_size": s.teacher_input},
                 "fusion": s.fusion,
             },
-            "data": {"root": str(self.data), "layout": "dehazeformer", "train_split": "train", "val_split": "test",
+            "data": {"root": str(self.data), "layout": "dehazeformer", "train_split": "train", "val_split": "holdout",
                      "crop": s.crop, "flip": True, "workers": 0},
             "train": {"lr": 2.0e-3, "weight_decay": 0.0, "batch_size": s.batch, "grad_clip": 1.0, "amp": "off",
                       "val_every": s.val_every, "log_every": 10, "threads": self.threads, "device": "cpu",
@@ -275,7 +275,7 @@ class Demo:
             "teacher": {"checkpoint": str(self.stage2_ckpt), "stage1": str(self.stage1_ckpt)},
             "student": {"depth": "student-s",
                         "depth_kwargs": {"widths": list(s.student_widths), "blocks": list(s.student_blocks)}},
-            "data": {"root": str(self.data), "layout": "dehazeformer", "train_split": "train", "val_split": "test",
+            "data": {"root": str(self.data), "layout": "dehazeformer", "train_split": "train", "val_split": "holdout",
                      "crop": None, "flip": False, "workers": 0},
             "train": {"batch_size": s.batch, "val_every": max(1, s.distill_steps // 2), "log_every": 10,
                       "device": "cpu", "threads": self.threads, "progress": self.progress},
