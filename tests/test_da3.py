@@ -185,3 +185,13 @@ def test_foreign_file_is_refused(tmp_path):
     save_file({"encoder.weight": torch.zeros(2)}, str(path))
     with pytest.raises(CheckpointError, match=re.escape(str(path)) + ".*not a Depth Anything 3"):
         DEPTH_MODELS.build("da3-tiny", weights=str(path))
+
+
+def test_fidelity_check_sees_the_final_norm_eps(official_code, tmp_path):
+    """The comparison can fail: DAv2's final-norm eps (1e-6) instead of DA3's 1e-5 shows."""
+    official = _OfficialMono(*official_code, "vits").eval()
+    ours = Da3MonoTeacher("da3-mono-l", weights=_write_release(tmp_path, official), arch="vits")
+    ours.model.backbone.layernorm.eps = 1e-6
+    x = torch.randn(1, 3, 350, 476, generator=torch.Generator().manual_seed(5))
+    errs = _fidelity(official, ours, x)
+    assert all(v > 0 and v == v for v in errs.values()), errs
