@@ -193,7 +193,7 @@ def test_cli_clear_with_depth_files(tmp_path: Path) -> None:
 
 def test_cli_needs_one_source(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["synth", "--out", str(tmp_path)]) == 2
-    assert "--clear DIR or --procedural N" in capsys.readouterr().err
+    assert "--clear DIR, --procedural N or --rgbd DIR" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # importing transformers alone takes ~15 s on the 2-core machine
