@@ -191,3 +191,19 @@ def moving_frames(n: int = 20, h: int = 48, w: int = 64, seed: int = 0):
         b = 128 + 60 * np.sin((xx + yy + 3 * i) / 13.0)
         out.append(np.clip(np.stack([b, g, r], -1), 0, 255).astype(np.uint8))
     return out
+
+
+def const_core(maps, scale: int, prepool: int, guide=None):  # type: ignore[no-untyped-def]
+    """A fused-graph "core" that ignores its input and returns ``maps``, with the fused metadata (and guide)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgehaze.export.fused import _set_meta
+
+    core = helper.make_model(helper.make_graph(
+        [helper.make_node("Identity", ["m"], ["maps"]), helper.make_node("Shape", ["x_low"], ["unused"])],
+        "const_core", [helper.make_tensor_value_info("x_low", TensorProto.FLOAT, [1, 3, "h", "w"])],
+        [helper.make_tensor_value_info("maps", TensorProto.FLOAT, list(maps.shape))],
+        [numpy_helper.from_array(maps, "m")]), opset_imports=[helper.make_opsetid("", 17)])
+    core.ir_version = 8
+    _set_meta(core, scale, prepool, guide)
+    return core

@@ -67,20 +67,13 @@ def test_fused_graph_equals_unfused_reference(tiny, hw):
     assert np.abs(got.astype(np.int16) - img.astype(np.int16)).max() > 3  # the maps did something
 
 
-def _const_core(maps: np.ndarray, scale: int, prepool: int):
+def _const_core(maps: np.ndarray, scale: int, prepool: int, guide=None):
     """A "core" that ignores its input and returns ``maps``, carrying the fused-graph metadata."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    from edgehaze.export.fused import _set_meta
-
-    core = helper.make_model(helper.make_graph(
-        [helper.make_node("Identity", ["m"], ["maps"]), helper.make_node("Shape", ["x_low"], ["unused"])],
-        "const_core", [helper.make_tensor_value_info("x_low", TensorProto.FLOAT, [1, 3, "h", "w"])],
-        [helper.make_tensor_value_info("maps", TensorProto.FLOAT, list(maps.shape))],
-        [numpy_helper.from_array(maps, "m")]), opset_imports=[helper.make_opsetid("", 17)])
-    core.ir_version = 8
-    _set_meta(core, scale, prepool)
-    return core
+    try:
+        from _artifacts import const_core
+    except ImportError:  # run from the repository root as a package
+        from tests._artifacts import const_core
+    return const_core(maps, scale, prepool, guide)
 
 
 @pytest.mark.parametrize("scale,prepool,sizes", [
