@@ -43,6 +43,30 @@ def _oknet_run(model, image):  # official Dehazing/ITS/eval.py: reflect pad bott
     return model(F.pad(image, (0, padw, 0, padh), "reflect"))[2][:, :, :h, :w]
 
 
+def _padded_run(factor):  # official test scripts: reflect pad bottom/right to a multiple of factor, crop
+    def run(model, image):
+        h, w = image.shape[-2:]
+        H, W = ((h + factor) // factor) * factor, ((w + factor) // factor) * factor
+        padh = H - h if h % factor != 0 else 0
+        padw = W - w if w % factor != 0 else 0
+        return model(F.pad(image, (0, padw, 0, padh), "reflect"))[:, :, :h, :w]
+    return run
+
+
+def _mbt_build(module, large=False):  # settings of Dehazing/Options/MB-TaylorFormer-{B,L}.yml
+    blocks, paths = ([4, 6, 6, 8], [2, 3, 3, 3]) if large else ([2, 3, 3, 4], [2, 2, 2, 2])
+    return module.MB_TaylorFormer(inp_channels=3, out_channels=3, model_name=16, dim=[24, 48, 72, 96],
+                                  num_blocks=blocks, num_refinement_blocks=4 if large else 2, heads=[1, 2, 4, 8],
+                                  ffn_expansion_factor=2.66, bias=False, LayerNorm_type="WithBias",
+                                  dual_pixel_task=False, num_path=paths, qk_norm=0.5, offset_clamp=[-3, 3])
+
+
+def _stub_profilers():
+    """The official MB-TaylorFormer file imports torchstat (used only in its __main__)."""
+    import types
+    sys.modules.setdefault("torchstat", types.SimpleNamespace(stat=None))
+
+
 SPECS = {
     "oknet": Spec(
         repo="c-yn/OKNet",
@@ -50,6 +74,13 @@ SPECS = {
         module="Dehazing.ITS.models.OKNet",
         build=lambda m: m.build_net(),
         run=_oknet_run,
+    ),
+    "mb-taylorformer-b": Spec(
+        repo="FVL2020/ICCV-2023-MB-TaylorFormer",
+        files=("basicsr/models/archs/MB_TaylorFormer.py",),
+        module="basicsr.models.archs.MB_TaylorFormer",
+        build=lambda m: _mbt_build(m),
+        run=_padded_run(8),
     ),
 }
 
@@ -60,6 +91,7 @@ def official_model(name: str, tmp: Path):  # type: ignore[no-untyped-def]
     root = official_code.extract(spec.repo, spec.files, tmp)
     if root is None:
         return None
+    _stub_profilers()
     model = spec.build(official_code.import_from(root, spec.module))
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     model.load_state_dict(official_code.seeded_state(shapes, spec.seed), strict=True)
