@@ -62,8 +62,7 @@ def main(argv=None) -> int:  # type: ignore[no-untyped-def]
                                   max_side=args.max_side if not evalset.has_gt else 0, keep_outputs=4)
         results[evalset.name] = scores
         write_image(args.out / f"sheet-{evalset.name}.png", contact_sheet(sheet))
-        print(markdown_table({evalset.name: scores}).splitlines()[-len(methods):] and
-              "\n".join(markdown_table({evalset.name: scores}).splitlines()[2:]))
+        print("\n".join(markdown_table({evalset.name: scores}).splitlines()[2:]))  # this set's rows
     table = markdown_table(results)
     header = (f"# Quality on real data\n\nMethods: {', '.join(methods)}; data {args.data}; "
               f"load {load:.2f} -> {os.getloadavg()[0]:.2f}; {time.time() - t0:.0f} s. Halo: grey levels of "

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -145,6 +145,7 @@ class RGBDSource:
     layout: str
     scenes: List[RGBDScene]
     test_every: int
+    pairs: List = field(default_factory=list)  # pairs layout: its (hazy, gt) pairs, for --keep-pairs
 
 
 def load_source(root: "str | Path", layout: str = "auto", test_every: Optional[int] = None,
@@ -157,8 +158,12 @@ def load_source(root: "str | Path", layout: str = "auto", test_every: Optional[i
         raise EdgehazeError(f"--rgbd {root}: no such folder")
     if layout == "auto":
         layout = rgbd.detect_rgbd_layout(root)
+    pairs: List = []
     if layout == "pairs":
+        from edgehaze.data.layouts import find_pairs
+
         scenes = rgbd.load_pair_scenes(root)
+        pairs = find_pairs(root, None, "reside").pairs
     elif layout == "frida2":
         scenes = rgbd.load_frida2_scenes(root)
     elif layout == "generic":
@@ -167,18 +172,15 @@ def load_source(root: "str | Path", layout: str = "auto", test_every: Optional[i
         raise EdgehazeError(f"--rgbd-layout {layout}: choose auto, {', '.join(rgbd.RGBD_LAYOUTS)}")
     if test_every is None:
         test_every = rgbd.FRIDA2_TEST_EVERY if layout == "frida2" else 0
-    return RGBDSource(root=root, layout=layout, scenes=scenes, test_every=int(test_every))
+    return RGBDSource(root=root, layout=layout, scenes=scenes, test_every=int(test_every), pairs=pairs)
 
 
 def _own_pairs(source: RGBDSource, scene: RGBDScene) -> List[Tuple[str, Path]]:
     """The source's own hazy renderings of ``scene``: ``(suffix, path)``."""
     if source.layout == "pairs":
-        from edgehaze.data.layouts import find_pairs, gt_id
+        from edgehaze.data.layouts import gt_id
 
-        if not hasattr(source, "_pairs"):
-            source._pairs = find_pairs(source.root, None, "reside").pairs  # type: ignore[attr-defined]
-        return [(f"orig{p.name.split('_', 1)[-1]}", Path(p.hazy))
-                for p in source._pairs if gt_id(p.name) == scene.name]  # type: ignore[attr-defined]
+        return [(f"orig{p.name.split('_', 1)[-1]}", Path(p.hazy)) for p in source.pairs if gt_id(p.name) == scene.name]
     if source.layout == "frida2":
         stem = scene.name.split("-", 1)[-1]
         return [(fog.split("_")[1], source.root / fog / f"{stem}.png") for fog in FRIDA2_FOG_TYPES
@@ -193,7 +195,7 @@ def make_rgbd_dataset(
 ) -> Dict[str, int]:
     """Write the hazed dataset (module docstring); returns images written per split."""
     from edgehaze.fsutil import atomic_write_bytes
-    from edgehaze.imageio import read_image, write_image
+    from edgehaze.imageio import read_image
 
     recipe.validate()
     if variants < 1:
