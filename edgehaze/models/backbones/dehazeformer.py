@@ -36,7 +36,6 @@ the caller's job, as in the official test script.
 from __future__ import annotations
 
 import math
-import pickle
 from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -47,6 +46,8 @@ from torch import nn
 from torch.nn.init import _calculate_fan_in_and_fan_out
 
 from edgehaze.errors import CheckpointError
+from edgehaze.models.backbones.official_io import WEIGHTS_OPTION as _WEIGHTS_OPTION
+from edgehaze.models.backbones.official_io import read_official_state
 from edgehaze.models.contracts import Backbone, FusionPoint
 from edgehaze.models.registries import BACKBONES
 
@@ -72,9 +73,6 @@ REGISTERED_VARIANTS = ("dehazeformer-t", "dehazeformer-s", "dehazeformer-b", "de
 
 #: stride of each stage's output (layer1..layer5) relative to the input image
 STAGE_STRIDES = (1, 2, 4, 2, 1)
-
-#: how users pass official weights (named in error messages)
-_WEIGHTS_OPTION = "--backbone-weights (config key model.backbone_weights)"
 
 
 # --------------------------------------------------------------------------- padding
@@ -552,38 +550,11 @@ def load_official_dehazeformer_state(path: str | Path) -> Dict[str, torch.Tensor
 
     Accepts the released layout ``{'state_dict': {'module.' + name: tensor}}``
     and bare state dicts with or without ``module.``. Loaded with
-    ``weights_only=True`` (no pickled code runs).
+    ``weights_only=True`` (no pickled code runs), by the reader every
+    third-party backbone shares (:func:`official_io.read_official_state`).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"{path}: DehazeFormer weights file not found; pass an existing official checkpoint "
-            f"(e.g. dehazeformer-t.pth from the IDKiro/DehazeFormer release) with {_WEIGHTS_OPTION}, "
-            f"or leave it out to start from random initialisation"
-        )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise CheckpointError(
-            f"{path}: cannot read as a DehazeFormer checkpoint (not a torch file, or it holds "
-            f"pickled objects other than tensors, which are not loaded for safety); "
-            f"pass an official .pth file with {_WEIGHTS_OPTION}"
-        ) from None
-    except Exception as exc:  # truncated or damaged file
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise CheckpointError(
-            f"{path}: cannot read as a DehazeFormer checkpoint (truncated or damaged file: {reason}); "
-            f"pass an official .pth file with {_WEIGHTS_OPTION}"
-        ) from None
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(
-            f"{path}: not a DehazeFormer checkpoint (expected {{'state_dict': {{name: tensor}}}} "
-            f"or a bare state dict); pass an official .pth file with {_WEIGHTS_OPTION}"
-        )
-    prefix = "module."
-    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in obj.items()}
+    return read_official_state(path, "DehazeFormer", containers=("state_dict",),
+                               example="dehazeformer-t.pth from the IDKiro/DehazeFormer release")
 
 
 @lru_cache(maxsize=None)

@@ -22,13 +22,20 @@ from edgehaze.errors import CheckpointError
 WEIGHTS_OPTION = "--backbone-weights (config key model.backbone_weights)"
 
 
-def read_official_state(path: "str | Path", model_name: str, containers: Sequence[str]) -> Dict[str, torch.Tensor]:
+def read_official_state(
+    path: "str | Path", model_name: str, containers: Sequence[str], example: str = ""
+) -> Dict[str, torch.Tensor]:
     """State dict of an official checkpoint: unwraps the first of
-    ``containers`` present (e.g. ``'model'``), strips ``module.``."""
+    ``containers`` present (e.g. ``'model'``), strips ``module.``.
+
+    ``example`` (e.g. ``"dehazeformer-t.pth from the IDKiro/DehazeFormer
+    release"``) is named in the file-not-found message, so a user learns
+    which file is meant."""
     path = Path(path)
     if not path.is_file():
+        which = f" (e.g. {example})" if example else ""
         raise CheckpointError(
-            f"{path}: {model_name} weights file not found; pass an existing official checkpoint "
+            f"{path}: {model_name} weights file not found; pass an existing official checkpoint{which} "
             f"with {WEIGHTS_OPTION}, or leave it out to start from random initialisation"
         )
     try:
