@@ -68,12 +68,18 @@ class Dehazer:
         n = self.options.depth_every
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise RuntimeError_(Status.BAD_ARGUMENT, f"depth_every must be an integer >= 1, got {n!r}")
-        self.artifact: Artifact = resolve(artifact_path)
+        # from a folder or sidecar, "auto" takes an engine built here by runtime/build_engine.py when one
+        # matches this TensorRT and GPU; depth refresh and video smoothing need the ONNX graphs
+        prefer_engine = self.options.provider == "auto" and n == 1 and not self.options.temporal
+        self.artifact: Artifact = resolve(artifact_path, prefer_engine=prefer_engine)
         kw = asdict(self.options)
         kw.pop("depth_every")
         temporal, bypass = kw.pop("temporal"), kw.pop("bypass")
         self._backend = open_backend(self.artifact, two_graph=n > 1, **kw)
         self.backend_name: str = self._backend.name
+        # ONNX Runtime: {graph role: {provider: nodes}} and the nodes not on the main provider (empty: none)
+        self.node_providers: dict = getattr(self._backend, "placement", {})
+        self.fallback: dict = getattr(self._backend, "fallback", {})
         self.device: str = self._backend.device
         self.meta: dict = self.artifact.meta
         self.channel_order: str = self.artifact.channel_order
@@ -84,6 +90,9 @@ class Dehazer:
         self._fixed_hw = self._fixed_size()
         ranges = self.meta.get("shape_ranges") or {}
         lo, hi = ranges.get("min"), ranges.get("max")
+        bounds = getattr(self._backend, "shape_bounds", None)  # an engine's own profile, from its engine block
+        if bounds:
+            lo, hi = bounds
         self._min_hw = (int(lo[1]), int(lo[2])) if lo else None
         # the maximum is a TensorRT optimisation-profile bound; ONNX Runtime runs a dynamic graph at any
         # size (a portrait 1080x1920 or a 4K frame), so only TensorRT-backed runs are held to it

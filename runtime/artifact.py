@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .engines import capability_text, cuda_device, describe_engines, select_engine, sidecar_for_engine
 from .errors import RuntimeError_, Status
 
 FORMAT = "edgehaze-artifact"
@@ -56,8 +57,14 @@ class Artifact:
         return all(p is not None and p.is_file() for p in paths) and bool(self.depth_feature_names)
 
 
-def resolve(artifact_path: str | Path) -> Artifact:
-    """Locate the model file and sidecar from a path to ``.onnx``/``.engine``/``.json``, a stem or a folder."""
+def resolve(artifact_path: str | Path, prefer_engine: bool = False) -> Artifact:
+    """Locate the model file and sidecar from a path to ``.onnx``/``.engine``/``.json``, a stem or a folder.
+
+    From a sidecar or a folder, ``prefer_engine`` picks a TensorRT engine
+    recorded in the sidecar's ``engines`` (runtime/engines.py) when one was
+    built by this device's TensorRT for this GPU; otherwise the ONNX graph.
+    A sidecar whose ONNX graph is absent falls back to its engines.
+    """
     if not isinstance(artifact_path, (str, Path)) or str(artifact_path) == "":
         raise RuntimeError_(Status.BAD_ARGUMENT, f"artifact_path must be a path, got {artifact_path!r}")
     path = Path(artifact_path)
@@ -82,6 +89,10 @@ def resolve(artifact_path: str | Path) -> Artifact:
         if not full:
             raise RuntimeError_(Status.BAD_ARTIFACT, f"{path}: sidecar has no graphs.full entry")
         model = path.parent / full
+        if meta.get("engines") and (prefer_engine or not model.is_file()):
+            engine = _recorded_engine(meta, path, required=not model.is_file())
+            if engine is not None:
+                return Artifact(engine, "engine", path, meta)
         if not model.is_file():
             engine = path.with_suffix(".engine")
             if engine.is_file():
@@ -97,13 +108,43 @@ def resolve(artifact_path: str | Path) -> Artifact:
         raise RuntimeError_(Status.BAD_ARTIFACT,
                             f"{path}: artifact not found (expected NAME.onnx, NAME.engine, NAME.json or a folder)")
     kind = "engine" if suffix == ".engine" else "onnx"
-    sidecar = path.with_suffix(".json")
+    sidecar = sidecar_for_engine(path) if kind == "engine" else path.with_suffix(".json")
     if sidecar.is_file():
         return Artifact(path, kind, sidecar, _read_sidecar(sidecar))
     if kind == "engine":
         raise RuntimeError_(Status.BAD_ARTIFACT,
                             f"{path}: a TensorRT engine needs its sidecar {sidecar.name} next to it")
     return Artifact(path, kind, None, {})  # metadata read from the ONNX by the backend
+
+
+def _local_tensorrt() -> "tuple[str, tuple[int, int]] | None":
+    """(TensorRT version, GPU compute capability) here, None without tensorrt or a GPU."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        return None
+    try:
+        cc, _ = cuda_device(0)
+    except RuntimeError_:
+        return None
+    return str(trt.__version__), cc
+
+
+def _recorded_engine(meta: dict, sidecar: Path, *, required: bool) -> Path | None:
+    """The sidecar's engine that runs here; when the ONNX graph is absent (``required``) also the reason none does."""
+    local = _local_tensorrt()
+    if local is not None:
+        found = select_engine(meta, sidecar.parent, *local)
+        if found is not None or not required:
+            return found
+        raise RuntimeError_(Status.BAD_ARTIFACT,
+                            f"{sidecar}: no ONNX graph and no engine built for TensorRT {local[0]} on compute "
+                            f"capability {capability_text(local[1])} (recorded: {describe_engines(meta)}); copy "
+                            f"the ONNX graph here and run python runtime/build_engine.py on it")
+    if not required:
+        return None
+    present = [sidecar.parent / n for n in sorted(meta["engines"]) if (sidecar.parent / n).is_file()]
+    return present[0] if present else None  # the backend then says what is missing (tensorrt / CUDA)
 
 
 def _looks_like_sidecar(path: Path) -> bool:

@@ -14,11 +14,15 @@ Three calls, matching the artifact's graphs:
 """
 from __future__ import annotations
 
+import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .artifact import Artifact, check_graph_io, meta_from_metadata_props, validate_meta
+from .engines import check_engine, cuda_device, profile_bounds
 from .errors import RuntimeError_, Status
 
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -104,6 +108,15 @@ class OrtBackend:
         self._trt_cache_dir = Path(trt_cache_dir) if trt_cache_dir else artifact.folder / "trt_cache"
         self.artifact = artifact
         self._run_options = ort.RunOptions()
+        # which provider runs each node: ONNX Runtime >= 1.23 records it when asked
+        # (session.record_ep_graph_assignment_info); older ones tell it in a profiled run (GPU providers only)
+        self._assignment_api = has_assignment_api(ort)
+        self._profile_dir = None
+        if not self._assignment_api and self.device == "cuda":
+            self._profile_dir = tempfile.mkdtemp(prefix="edgehaze-ort-profile-")
+        self._feature_profiles: dict = {}
+        self.placement: dict = {}   # role -> {provider: nodes}
+        self.fallback: dict = {}    # provider -> nodes not on self.provider (all graphs)
 
         first = None
         if not artifact.meta:  # no sidecar: the contract comes from the ONNX metadata_props
@@ -123,20 +136,16 @@ class OrtBackend:
         feats = artifact.depth_feature_names
         self.two_graph = two_graph
         if two_graph:
+            if self._profiles_needed():  # the fuse graph's depth inputs need TensorRT profiles too
+                self._feature_profiles = measure_feature_profiles(first, artifact.meta, feats)
             self.depth, self.fuse, self.full = first, self._session("fuse"), None
             self._check(self.depth, "depth", ["image"], feats)
             self._check(self.fuse, "fuse", ["image", *feats], ["dehazed"])
         else:
             self.full, self.depth, self.fuse = first, None, None
             self._check(self.full, "full", ["image"], ["dehazed"])
-        actual = first.get_providers()[0]
-        if actual != self.provider:
-            if self.explicit:
-                raise RuntimeError_(Status.BACKEND_UNAVAILABLE,
-                                    f"asked for {self.provider} but onnxruntime runs {actual} (see its log)")
-            self.provider = actual
-            self.device = "cuda" if actual in GPU_PROVIDERS else "cpu"
-        self.name = f"onnxruntime/{self.provider}"
+        self._placement_from_sessions()
+        self.name = backend_label(self.provider, self.placement)
         self.input_shape = first.get_inputs()[0].shape  # [1, H|name, W|name, 3]
         self._bind = {s: s.io_binding() for s in (self.full, self.depth, self.fuse) if s is not None}
         self._out_key: dict = {}
@@ -163,6 +172,11 @@ class OrtBackend:
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[self._opt_level]
+        if self._assignment_api:
+            so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+        elif self._profile_dir is not None:
+            so.enable_profiling = True
+            so.profile_file_prefix = str(Path(self._profile_dir) / role)
         if self._optimized_path is not None:
             p = self._optimized_path
             so.optimized_model_filepath = str(p if role == "full" else p.with_name(f"{p.stem}.{role}{p.suffix}"))
@@ -185,16 +199,64 @@ class OrtBackend:
             if name == "CUDAExecutionProvider":
                 opts = {"device_id": self.device_id}
             elif name == "TensorrtExecutionProvider":
-                meta = self.artifact.meta
-                opts = {"device_id": self.device_id, "trt_engine_cache_enable": True,
-                        "trt_engine_cache_path": str(self._trt_cache_dir),
-                        "trt_fp16_enable": meta.get("precision") in ("fp16", "int8")}
-                ranges = meta.get("shape_ranges")
-                if role == "full" and meta.get("dynamic") and ranges:
-                    for key in ("min", "opt", "max"):
-                        opts[f"trt_profile_{key}_shapes"] = "image:" + "x".join(str(int(v)) for v in ranges[key])
+                opts = trt_provider_options(self.artifact.meta, role, device_id=self.device_id,
+                                            cache_dir=self._trt_cache_dir, ort_version=self._ort.__version__,
+                                            feature_profiles=self._feature_profiles)
             out.append((name, opts))
         return out
+
+    def _profiles_needed(self) -> bool:
+        return (self.provider == "TensorrtExecutionProvider" and bool(self.artifact.meta.get("dynamic"))
+                and "TensorrtExecutionProvider" in available_providers())
+
+    def _placement_from_sessions(self) -> None:
+        """Which provider each node runs on; ``self.provider`` becomes the one that runs most of the graph."""
+        sessions = {r: s for r, s in (("full", self.full), ("depth", self.depth), ("fuse", self.fuse)) if s}
+        if self._assignment_api:
+            self.placement = {r: placement_from_assignment(s.get_provider_graph_assignment_info())
+                              for r, s in sessions.items()}
+        elif self._profile_dir is not None:
+            self.placement = self._placement_by_profiling(sessions)
+        else:  # the CPU provider on an older onnxruntime: no other provider is registered, nothing can fall back
+            self.placement = {}
+        total: dict = {}
+        for counts in self.placement.values():
+            for prov, n in counts.items():
+                total[prov] = total.get(prov, 0) + n
+        if total and self.provider not in total:
+            if self.explicit:
+                raise RuntimeError_(Status.BACKEND_UNAVAILABLE,
+                                    f"asked for {self.provider} but onnxruntime assigned it no node of "
+                                    f"{self.artifact.model_path.name} (nodes per provider: {total}); see its log")
+            self.provider = max(total, key=lambda p: total[p])
+            self.device = "cuda" if self.provider in GPU_PROVIDERS else "cpu"
+        self.fallback = {p: n for p, n in total.items() if p != self.provider}
+
+    def _placement_by_profiling(self, sessions: dict) -> dict:
+        """One profiled run at the profile's ``opt`` size; ONNX Runtime's trace names each node's provider."""
+        meta = self.artifact.meta
+        declared = next(iter(sessions.values())).get_inputs()[0].shape  # [1, H|name, W|name, 3]
+        shape = (meta.get("shape_ranges") or {}).get("opt") or [d if isinstance(d, int) else 64 for d in declared]
+        image = np.zeros([int(v) for v in shape], np.uint8)
+        feeds = {"image": image}
+        if "depth" in sessions:
+            feats = sessions["depth"].run(self._feat_names_for(meta), feeds)
+            sessions["fuse"].run(["dehazed"], {**feeds, **dict(zip(self._feat_names_for(meta), feats))})
+        else:
+            sessions["full"].run(["dehazed"], feeds)
+        out = {}
+        for role, sess in sessions.items():
+            trace = Path(sess.end_profiling())
+            try:
+                out[role] = placement_from_profile(json.loads(trace.read_text()))
+            finally:
+                trace.unlink(missing_ok=True)
+        shutil.rmtree(self._profile_dir, ignore_errors=True)
+        return out
+
+    @staticmethod
+    def _feat_names_for(meta: dict) -> list:
+        return [f["name"] for f in meta.get("depth_features") or []]
 
     def _check(self, session, role: str, inputs: list[str], outputs: list[str]) -> None:
         io = lambda items: [(i.name, i.type, list(i.shape)) for i in items]  # noqa: E731
@@ -261,6 +323,121 @@ class OrtBackend:
         self.full = self.depth = self.fuse = None
 
 
+def has_assignment_api(ort) -> bool:
+    """ONNX Runtime >= 1.23 reports each node's provider (``get_provider_graph_assignment_info``)."""
+    return hasattr(ort.InferenceSession, "get_provider_graph_assignment_info")
+
+
+MEMCPY_OPS = ("MemcpyFromHost", "MemcpyToHost")  # copies ORT inserts at device borders: not compute
+
+
+def backend_label(provider: str, placement: dict) -> str:
+    """``onnxruntime/P`` when provider P runs every node, ``onnxruntime/P+Q`` when nodes fell back to Q."""
+    used = set()
+    for counts in placement.values():
+        used.update(p for p, n in counts.items() if n)
+    rest = [p for p in PROVIDER_PREFERENCE if p in used and p != provider]
+    return "onnxruntime/" + "+".join([provider] + rest)
+
+
+def placement_from_assignment(subgraphs) -> dict:
+    """Nodes per provider from ``InferenceSession.get_provider_graph_assignment_info()``."""
+    counts: dict = {}
+    for sg in subgraphs:
+        n = sum(1 for node in sg.get_nodes() if node.op_type not in MEMCPY_OPS)
+        if n:
+            counts[sg.ep_name] = counts.get(sg.ep_name, 0) + n
+    return counts
+
+
+def placement_from_profile(events: list) -> dict:
+    """Nodes per provider from an ONNX Runtime profiling trace (``*_kernel_time`` events of category Node).
+
+    A TensorRT-provider subgraph appears as one fused node, so counts are
+    kernels run, not ONNX nodes; what matters is whether any other
+    provider ran something.
+    """
+    seen: dict = {}
+    for ev in events:
+        args = ev.get("args") or {}
+        if ev.get("cat") != "Node" or not str(ev.get("name", "")).endswith("_kernel_time") or "provider" not in args:
+            continue
+        if args.get("op_name") in MEMCPY_OPS:
+            continue
+        seen[ev["name"]] = args["provider"]
+    counts: dict = {}
+    for prov in seen.values():
+        counts[prov] = counts.get(prov, 0) + 1
+    return counts
+
+
+def _dims(shape) -> str:
+    return "x".join(str(int(v)) for v in shape)
+
+
+def trt_provider_options(meta: dict, role: str, *, device_id: int, cache_dir: "str | Path", ort_version: str,
+                         feature_profiles: "dict | None" = None) -> dict:
+    """ONNX Runtime TensorRT provider options for graph ``role`` of an artifact.
+
+    Precision from the sidecar (``int8``: ``trt_int8_enable`` for the
+    graph's Q/DQ nodes, no calibration table, with fp16 for the float
+    parts); engine and timing caches in ``cache_dir``; explicit
+    optimisation profiles (``trt_profile_{min,opt,max}_shapes``, format
+    ``name:1x480x640x3,other:...``) for *every* dynamic input, which ONNX
+    Runtime requires once any is given: ``image`` from ``shape_ranges`` and,
+    for the fuse graph, the depth features (``feature_profiles``:
+    name -> {min, opt, max}).
+    """
+    precision = meta.get("precision")
+    opts = {"device_id": int(device_id), "trt_fp16_enable": precision in ("fp16", "int8"),
+            "trt_int8_enable": precision == "int8",
+            "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir),
+            "trt_timing_cache_enable": True}
+    if _version_tuple(ort_version) >= (1, 17):  # trt_timing_cache_path exists since 1.17; before, the engine cache dir
+        opts["trt_timing_cache_path"] = str(cache_dir)
+    ranges = meta.get("shape_ranges")
+    if not (meta.get("dynamic") and ranges):
+        return opts  # static shapes: TensorRT needs no profile
+    shapes = {"image": {k: ranges[k] for k in ("min", "opt", "max")}}
+    if role == "fuse":
+        names = [f["name"] for f in meta.get("depth_features") or []]
+        missing = [n for n in names if n not in (feature_profiles or {})]
+        if missing:
+            raise RuntimeError_(Status.INTERNAL, f"no TensorRT profile for the fuse graph's inputs {missing}")
+        shapes.update({n: feature_profiles[n] for n in names})
+    for key in ("min", "opt", "max"):
+        opts[f"trt_profile_{key}_shapes"] = ",".join(f"{n}:{_dims(s[key])}" for n, s in shapes.items())
+    return opts
+
+
+def measure_feature_profiles(depth_session, meta: dict, names: list) -> dict:
+    """Depth-feature shapes at the ``image`` profile's min/opt/max, measured by running the depth graph.
+
+    The features' spatial size follows the depth branch's own resizing
+    (a teacher resizes to its patch grid), so it is measured, not derived;
+    a sidecar may state it (``depth_features[i].shape_ranges``) and then
+    nothing runs.
+    """
+    declared = {f["name"]: f.get("shape_ranges") for f in meta.get("depth_features") or []}
+    if names and all(declared.get(n) for n in names):
+        return {n: declared[n] for n in names}
+    ranges = meta["shape_ranges"]
+    out: dict = {n: {} for n in names}
+    for key in ("min", "opt", "max"):
+        feats = depth_session.run(names, {"image": np.zeros([int(v) for v in ranges[key]], np.uint8)})
+        for n, f in zip(names, feats):
+            out[n][key] = list(f.shape)
+    return out
+
+
+def _version_tuple(text: str) -> tuple:
+    parts = []
+    for piece in str(text).split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
 def _is_onnx(path: Path) -> bool:
     """Cheap sniff: an ONNX ModelProto starts with field 1 (ir_version, varint: byte 0x08)."""
     try:
@@ -305,13 +482,19 @@ class TensorRTBackend:
         self.artifact = artifact
         self.two_graph = False
         self._cuda(cudart.cudaSetDevice(self.device_id))
+        # refuse an engine of another TensorRT / GPU before TensorRT tries to deserialise it
+        cc, _ = cuda_device(self.device_id)
+        self.engine_block = check_engine(artifact.model_path, artifact.meta, str(trt.__version__), cc)
+        self.shape_bounds = profile_bounds(self.engine_block)
         logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(logger)
         engine = self._runtime.deserialize_cuda_engine(artifact.model_path.read_bytes())
         if engine is None:
+            onnx = artifact.folder / str((artifact.meta.get("graphs") or {}).get("full", "MODEL.onnx"))
             raise RuntimeError_(Status.BAD_ARTIFACT,
-                                f"{artifact.model_path}: TensorRT cannot deserialize this engine (built by another "
-                                "TensorRT version or for another GPU?); rebuild it on this device")
+                                f"{artifact.model_path}: TensorRT {trt.__version__} cannot deserialize this engine "
+                                "(built by another TensorRT version or for another GPU?); rebuild it on this device "
+                                f"with: python runtime/build_engine.py {onnx}")
         self._engine = engine
         io = []
         for i in range(engine.num_io_tensors):
@@ -377,5 +560,11 @@ class TensorRTBackend:
 def open_backend(artifact: Artifact, *, two_graph: bool, **options):
     """Pick the backend from the artifact kind (``.engine`` -> TensorRT, ``.onnx`` -> ONNX Runtime)."""
     if artifact.kind == "engine":
+        if two_graph:  # checked before tensorrt is imported: the request is wrong on every machine
+            raise RuntimeError_(Status.BAD_ARGUMENT,
+                                f"{artifact.model_path}: depth_every > 1 needs the two-graph ONNX export; a TensorRT "
+                                "engine runs the full graph only. Use depth_every=1 with the engine, or run the "
+                                f"ONNX artifact ({(artifact.meta.get('graphs') or {}).get('full', 'NAME.onnx')}) with "
+                                "provider=trt for depth refresh every N frames")
         return TensorRTBackend(artifact, device_id=options.get("device_id", 0))
     return OrtBackend(artifact, two_graph=two_graph, **options)
