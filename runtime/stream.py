@@ -278,9 +278,12 @@ def video_counters(dehazer: Dehazer) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="runtime/stream.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="artifact: NAME.onnx, NAME.engine, NAME.json or its folder")
-    p.add_argument("--input", required=True, help="0, /dev/video0, v4l2:///dev/video0, csi://0, rtsp://..., "
-                                                   "file://..., a video, an image folder or a glob")
+    p.add_argument("--doctor", action="store_true",
+                   help="print what this machine can run (OpenCV build, GStreamer elements, onnxruntime providers, "
+                        "TensorRT/CUDA versions, GPU, cameras) with warnings, and exit")
+    p.add_argument("--model", help="artifact: NAME.onnx, NAME.engine, NAME.json or its folder (required)")
+    p.add_argument("--input", help="0, /dev/video0, v4l2:///dev/video0, csi://0, rtsp://..., "
+                                   "file://..., a video, an image folder or a glob (required)")
     p.add_argument("--output", default=None,
                    help="display://0 (default unless --headless), video file (.mp4/.avi/.mkv), image folder "
                         "or pattern (frames/%%06d.png), null")
@@ -320,7 +323,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.doctor:
+        from .doctor import main as doctor
+        return doctor()
+    missing = [f"--{k}" for k in ("model", "input") if not getattr(args, k)]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)} (or --doctor)")
     stream, previous = None, {}
     try:
         for flag in ("input_width", "input_height", "max_frames", "queue_size"):
