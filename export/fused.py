@@ -254,16 +254,21 @@ def inline_constant_identities(model: "onnx.ModelProto") -> "onnx.ModelProto":  
 
 def quantize_core(core: "onnx.ModelProto", calib01: Sequence[np.ndarray],  # noqa: F821
                   op_types: Sequence[str] = DEFAULT_QUANT_OPS,
-                  extra_inputs: Optional["onnx.ModelProto"] = None) -> "onnx.ModelProto":  # noqa: F821
-    """ORT static INT8 (QDQ; per-channel int8 weights, uint8 activations, MinMax) of the core.
+                  extra_inputs: Optional["onnx.ModelProto"] = None,  # noqa: F821
+                  target: str = "cpu") -> "onnx.ModelProto":  # noqa: F821
+    """ORT static INT8 (QDQ; per-channel int8 weights, MinMax) of the core.
 
     ``calib01``: H x W x 3 float images in [0, 1] at frame resolution
     (rounded to 8-bit values and pooled as the fused graph does before the
     core sees them). Only ``op_types`` are quantised. ``extra_inputs``: for a
     fuse core, the (float) depth core whose outputs feed its other inputs.
+    ``target``: the activations' flavour (cpu: uint8 asymmetric; trt: int8
+    symmetric, :func:`edgehaze.export.quantize.ort_static_options`).
     """
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    from edgehaze.export.quantize import ort_static_options
 
     scale, prepool = core_meta(core)
     feeds = [{"x_low": np.ascontiguousarray(np.transpose(pool_image(np.rint(np.clip(c, 0, 1) * 255) / 255, prepool),
@@ -288,10 +293,7 @@ def quantize_core(core: "onnx.ModelProto", calib01: Sequence[np.ndarray],  # noq
         onnx.save(core, src)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            op_types_to_quantize=list(op_types),
-                            extra_options={"ActivationSymmetric": False})
+            quantize_static(src, dst, Reader(), op_types_to_quantize=list(op_types), **ort_static_options(target))
         out = onnx.load(dst)
     _set_meta(out, scale, prepool, guide_meta(core))
     return out
@@ -303,12 +305,22 @@ class _Builder:
     def __init__(self) -> None:
         self.nodes: list = []
         self.inits: list = []
+        self._consts: dict = {}
 
     def const(self, name: str, value: np.ndarray) -> str:
+        """An initializer ``fused/name``; asking again for the same name and value gives the same one."""
         from onnx import numpy_helper
 
-        self.inits.append(numpy_helper.from_array(np.asarray(value), "fused/" + name))
-        return "fused/" + name
+        value = np.asarray(value)
+        full = "fused/" + name
+        if full in self._consts:
+            old = self._consts[full]
+            if old.dtype != value.dtype or not np.array_equal(old, value):
+                raise ValueError(f"constant {full} defined twice with different values")
+            return full
+        self._consts[full] = value
+        self.inits.append(numpy_helper.from_array(value, full))
+        return full
 
     def op(self, op_type: str, inputs: Sequence[str], name: str, **attrs) -> str:  # type: ignore[no-untyped-def]
         from onnx import helper
@@ -390,7 +402,8 @@ def _guided_refit(b: _Builder, guide: str, maps: str, spec: dict) -> str:
     return b.op("Concat", [k2, _box(b, bb, r, "guide_mean_b")], "maps_refit", axis=1)
 
 
-def fused_graph(core: "onnx.ModelProto", channel_order: str = "RGB", role: str = "full") -> "onnx.ModelProto":  # noqa: F821
+def fused_graph(core: "onnx.ModelProto", channel_order: str = "RGB", role: str = "full",  # noqa: F821
+                target: str = "cpu") -> "onnx.ModelProto":  # noqa: F821
     """Wrap a core (``x_low`` -> ``maps``) into ``image`` uint8 NHWC -> ``dehazed`` uint8 NHWC (module docstring).
 
     The core's ``scale`` (the maps' stride) and ``prepool`` (what its input
@@ -398,68 +411,119 @@ def fused_graph(core: "onnx.ModelProto", channel_order: str = "RGB", role: str =
     ``role``: ``full`` (the single graph); ``depth`` (a depth core of
     :func:`export_split_cores`: ``image`` -> its depth features, no apply
     step); ``fuse`` (a fuse core: ``image`` + the depth features ->
-    ``dehazed``).
+    ``dehazed``). ``target``: ``cpu`` moves the frame as bytes (Transpose,
+    Pad, Slice on uint8; one uint8 QuantizeLinear rounds); ``trt`` casts the
+    frame to float first and ends in Round, Clip(0, 255), Cast, so uint8
+    exists only at the graph's ends (what TensorRT accepts). Same numbers.
     """
-    import onnx
     from onnx import TensorProto, helper
 
     if role not in ("full", "depth", "fuse"):
         raise ValueError(f"role {role}: full, depth or fuse")
+    if target not in ("cpu", "trt"):
+        raise ValueError(f"target {target}: cpu or trt")
     scale, prepool = core_meta(core)
     if prepool not in (1, scale):
         raise ValueError(f"core prepool {prepool}: must be 1 or the scale {scale}")
     bgr = channel_order.upper() == "BGR"
     b = _Builder()
-    i64 = lambda name, v: b.const(name, np.array(v, np.int64))  # noqa: E731
-    s = i64("s", [scale])
-
-    # sizes: H, W of the frame; h, w = ceil(H / s), ceil(W / s); the padded frame is (h s) x (w s)
-    shape = b.op("Shape", ["image"], "frame_shape")
-    hw = b.op("Slice", [shape, i64("hw_lo", [1]), i64("hw_hi", [3])], "frame_hw")
-    cells = b.op("Div", [b.op("Add", [hw, i64("s_minus_1", [scale - 1])], "hw_up"), s], "cells_hw")
-    pad_hw = b.op("Sub", [b.op("Mul", [cells, s], "padded_hw"), hw], "pad_hw")
-
-    # the frame: bytes to NCHW (behind a layout barrier), zero-padded to whole cells, one Cast to float
-    img = _barrier(b, b.op("Transpose", ["image"], "image_nchw", perm=[0, 3, 1, 2]), "image_nchw")
-    zp = b.const("zp", np.array(0, np.uint8))
-    if scale > 1:
-        pads = b.op("Concat", [i64("pads_head", [0, 0, 0, 0, 0, 0]), pad_hw], "pads", axis=0)
-        img_p = b.op("Pad", [img, pads, zp], "image_padded", mode="constant")
-    else:
-        img_p = img
-    # Cast, not DequantizeLinear: ORT's QDQ passes would duplicate a DequantizeLinear per consumer
-    # (one more full-resolution pass each); the 1/255 is folded into the low-resolution factors
-    x255 = b.op("Cast", [img_p], "x255", to=TensorProto.FLOAT)
-
-    # the core's input: the frame pooled by s (sums over whole cells / real pixels per cell), or the frame itself
-    if prepool > 1:
-        sum_w = b.op("ReduceSum", [b.op("Reshape", [x255, i64("by_cols", [1, 3, -1, scale])], "x255_cols"),
-                                   i64("last_axis", [3])], "sum_cols", keepdims=0)
-        rows_shape = b.op("Concat", [i64("rows_head", [1, 3, -1, scale]),
-                                     b.op("Slice", [cells, i64("w_lo", [1]), i64("w_hi", [2])], "cells_w")], "rows_shape", axis=0)
-        sums = b.op("ReduceSum", [b.op("Reshape", [sum_w, rows_shape], "x255_rows"), i64("row_axis", [3])], "sum_cells", keepdims=0)
-        counts = []
-        for k, axis_name in enumerate(("rows", "cols")):
-            size = b.op("Slice", [hw, i64(f"{axis_name}_lo", [k]), i64(f"{axis_name}_hi", [k + 1])], f"frame_{axis_name}")
-            start = b.op("Range", [i64(f"zero_{axis_name}", 0), b.op("Squeeze", [size], f"{axis_name}_scalar"), i64(f"step_{axis_name}", scale)],
-                         f"{axis_name}_starts")
-            n = b.op("Min", [b.op("Sub", [size, start], f"{axis_name}_left"), s], f"{axis_name}_count")
-            counts.append(b.op("Cast", [n], f"{axis_name}_count_f", to=TensorProto.FLOAT))
-        rows_c = b.op("Unsqueeze", [counts[0], i64("col_axis", [1])], "rows_count_col")
-        count255 = b.op("Mul", [b.op("Mul", [rows_c, counts[1]], "cell_count"), b.const("f255", np.array(255.0, np.float32))],
-                        "cell_count_255")
-        inv_count = b.op("Reciprocal", [count255], "inv_cell_count")
-        x_low = b.op("Mul", [sums, inv_count], "x_pooled")
-    else:
-        x_low = b.op("DequantizeLinear", [img, b.const("inv255", np.array(1.0 / 255.0, np.float32)), zp], "x01_unpadded")
+    frame = _frame_input(b, scale, target)
+    x_low = _pooled_input(b, frame, scale, prepool) if prepool > 1 else frame.x01_unpadded(b)
     if bgr:  # the network wants RGB: reorder its (low-resolution) input, never the frame
-        x_low = b.op("Gather", [x_low, i64("rev3", [2, 1, 0])], "x_low_rgb", axis=1)
+        x_low = b.op("Gather", [x_low, b.const("rev3", np.array([2, 1, 0], np.int64))], "x_low_rgb", axis=1)
     b.rename_output(x_low, "x_low")
     image_in = helper.make_tensor_value_info("image", TensorProto.UINT8, [1, "height", "width", 3])
     if role == "depth":
         return _assemble(core, b.nodes, b.inits, [image_in], list(core.graph.output))
 
-    # maps -> 1 + K and 255 B (low resolution), in the frame's channel order
+    gain, offset = _full_maps(b, core, frame, scale, prepool, bgr)
+    # 255 J = (255 x) (1 + K) + 255 B, to bytes, crop the padding, back to NHWC
+    j = b.op("Add", [b.op("Mul", [frame.x255, gain], "apply_gain"), offset], "apply_offset")
+    _frame_output(b, j, frame, scale, target)
+
+    extra_inputs = [i for i in core.graph.input if i.name != "x_low"]
+    if role == "fuse" and not extra_inputs:
+        raise ValueError("role fuse needs a fuse core (x_low + depth features -> maps)")
+    return _assemble(core, b.nodes, b.inits, [image_in, *extra_inputs],
+                     [helper.make_tensor_value_info("dehazed", TensorProto.UINT8, [1, "height", "width", 3])])
+
+
+class _Frame:
+    """The frame's tensors in the fused graph: sizes, the padded float frame ``x255`` and how to get x in [0, 1]."""
+
+    def __init__(self, hw: str, cells: str, img: str, img_p: str, x255: str, target: str) -> None:
+        self.hw, self.cells, self.img, self.img_p, self.x255, self.target = hw, cells, img, img_p, x255, target
+
+    def x01_unpadded(self, b: _Builder) -> str:
+        """The whole frame in [0, 1] (scale 1: the core takes the frame itself)."""
+        inv = b.const("inv255", np.array(1.0 / 255.0, np.float32))
+        if self.target == "trt":
+            return b.op("Mul", [self.img, inv], "x01_unpadded")
+        return b.op("DequantizeLinear", [self.img, inv, b.const("zp", np.array(0, np.uint8))], "x01_unpadded")
+
+
+def _frame_input(b: _Builder, scale: int, target: str) -> _Frame:
+    """image -> NCHW, zero-padded to whole cells, as float 0..255 (``x255``); the frame's sizes."""
+    from onnx import TensorProto
+
+    i64 = lambda name, v: b.const(name, np.array(v, np.int64))  # noqa: E731
+    if target == "trt":  # uint8 only at the input: one Cast, then everything in float
+        src = b.op("Cast", ["image"], "image_f", to=TensorProto.FLOAT)
+        img = b.op("Transpose", [src], "image_nchw", perm=[0, 3, 1, 2])
+    else:  # bytes to NCHW behind a layout barrier
+        src = "image"
+        img = _barrier(b, b.op("Transpose", ["image"], "image_nchw", perm=[0, 3, 1, 2]), "image_nchw")
+    # sizes: H, W of the frame; h, w = ceil(H / s), ceil(W / s); the padded frame is (h s) x (w s)
+    s = i64("s", [scale])
+    hw = b.op("Slice", [b.op("Shape", [src], "frame_shape"), i64("hw_lo", [1]), i64("hw_hi", [3])], "frame_hw")
+    cells = b.op("Div", [b.op("Add", [hw, i64("s_minus_1", [scale - 1])], "hw_up"), s], "cells_hw")
+    pad_hw = b.op("Sub", [b.op("Mul", [cells, s], "padded_hw"), hw], "pad_hw")
+    img_p = img
+    if scale > 1:
+        pads = b.op("Concat", [i64("pads_head", [0, 0, 0, 0, 0, 0]), pad_hw], "pads", axis=0)
+        pad_value = (b.const("pad_value", np.array(0.0, np.float32)) if target == "trt"
+                     else b.const("zp", np.array(0, np.uint8)))
+        img_p = b.op("Pad", [img, pads, pad_value], "image_padded", mode="constant")
+    if target == "trt":
+        x255 = img_p
+    else:
+        # Cast, not DequantizeLinear: ORT's QDQ passes would duplicate a DequantizeLinear per consumer
+        # (one more full-resolution pass each); the 1/255 is folded into the low-resolution factors
+        x255 = b.op("Cast", [img_p], "x255", to=TensorProto.FLOAT)
+    return _Frame(hw, cells, img, img_p, x255, target)
+
+
+def _pooled_input(b: _Builder, frame: _Frame, scale: int, prepool: int) -> str:
+    """The frame pooled by s: sums over whole cells / real pixels per cell (ceil mode, no padding counted)."""
+    from onnx import TensorProto
+
+    i64 = lambda name, v: b.const(name, np.array(v, np.int64))  # noqa: E731
+    s = i64("s", [scale])
+    sum_w = b.op("ReduceSum", [b.op("Reshape", [frame.x255, i64("by_cols", [1, 3, -1, scale])], "x255_cols"),
+                               i64("last_axis", [3])], "sum_cols", keepdims=0)
+    rows_shape = b.op("Concat", [i64("rows_head", [1, 3, -1, scale]),
+                                 b.op("Slice", [frame.cells, i64("w_lo", [1]), i64("w_hi", [2])], "cells_w")],
+                      "rows_shape", axis=0)
+    sums = b.op("ReduceSum", [b.op("Reshape", [sum_w, rows_shape], "x255_rows"), i64("row_axis", [3])], "sum_cells",
+                keepdims=0)
+    counts = []
+    for k, axis_name in enumerate(("rows", "cols")):
+        size = b.op("Slice", [frame.hw, i64(f"{axis_name}_lo", [k]), i64(f"{axis_name}_hi", [k + 1])],
+                    f"frame_{axis_name}")
+        start = b.op("Range", [i64(f"zero_{axis_name}", 0), b.op("Squeeze", [size], f"{axis_name}_scalar"),
+                               i64(f"step_{axis_name}", scale)], f"{axis_name}_starts")
+        n = b.op("Min", [b.op("Sub", [size, start], f"{axis_name}_left"), s], f"{axis_name}_count")
+        counts.append(b.op("Cast", [n], f"{axis_name}_count_f", to=TensorProto.FLOAT))
+    rows_c = b.op("Unsqueeze", [counts[0], i64("col_axis", [1])], "rows_count_col")
+    count255 = b.op("Mul", [b.op("Mul", [rows_c, counts[1]], "cell_count"),
+                            b.const("f255", np.array(255.0, np.float32))], "cell_count_255")
+    return b.op("Mul", [sums, b.op("Reciprocal", [count255], "inv_cell_count")], "x_pooled")
+
+
+def _full_maps(b: _Builder, core: "onnx.ModelProto", frame: _Frame, scale: int, prepool: int,  # noqa: F821
+               bgr: bool) -> Tuple[str, str]:
+    """maps -> 1 + K and 255 B (low resolution, ``fused/gain_offset_low``), upsampled to the padded frame."""
+    i64 = lambda name, v: b.const(name, np.array(v, np.int64))  # noqa: E731
     maps = "maps"
     guide = guide_meta(core)
     if guide is not None:  # refit to the pooled frame (RGB, [0, 1]) as the model's apply step does
@@ -471,35 +535,44 @@ def fused_graph(core: "onnx.ModelProto", channel_order: str = "RGB", role: str =
         maps = b.op("Gather", [maps, i64("rev6", [2, 1, 0, 5, 4, 3])], "maps_bgr", axis=1)
     mul = b.const("map_mul", np.array([1.0] * 3 + [255.0] * 3, np.float32).reshape(1, 6, 1, 1))
     add = b.const("map_add", np.array([1.0] * 3 + [0.0] * 3, np.float32).reshape(1, 6, 1, 1))
-    gb = b.op("Add", [b.op("Mul", [maps, mul], "maps_255"), add], "gain_offset_low")
-    if scale > 1:
-        wts = upsample_weights(scale)
-        gbp = b.op("Pad", [gb, i64("edge_pads", [0, 0, 1, 1, 0, 0, 1, 1])], "maps_edge", mode="edge")
-        cols = b.op("MatMul", [_stack3(b, gbp, 3, "cols"), b.const("w_cols", np.ascontiguousarray(wts.T))], "up_cols")
-        wide = b.op("Reshape", [cols, i64("merge_cols", [0, 0, 0, -1])], "maps_wide")  # 1 x 6 x (h+2) x W'
-        full_shape = b.op("Shape", [img_p], "padded_shape")
-        halves = []
-        for name, lo, hi in (("gain", 0, 3), ("offset", 3, 6)):
-            part = b.op("Slice", [wide, i64(f"{name}_lo", [lo]), i64(f"{name}_hi", [hi]), i64(f"{name}_axis", [1])], f"{name}_wide")
-            up = b.op("MatMul", [b.const(f"w_rows_{name}", wts), _stack3(b, part, 2, f"{name}_rows")], f"{name}_up")
-            halves.append(b.op("Reshape", [up, full_shape], f"{name}_full"))
-        gain, offset = halves
-    else:
-        gain = b.op("Slice", [gb, i64("gain_lo", [0]), i64("gain_hi", [3]), i64("c_axis", [1])], "gain_full")
-        offset = b.op("Slice", [gb, i64("offset_lo", [3]), i64("offset_hi", [6]), i64("c_axis2", [1])], "offset_full")
+    gb = b.op("Add", [b.op("Mul", [maps, mul], "maps_255"), add], "gain_offset_low")  # runtime/temporal.py splices here
+    if scale == 1:
+        return (b.op("Slice", [gb, i64("gain_lo", [0]), i64("gain_hi", [3]), i64("c_axis", [1])], "gain_full"),
+                b.op("Slice", [gb, i64("offset_lo", [3]), i64("offset_hi", [6]), i64("c_axis2", [1])], "offset_full"))
+    wts = upsample_weights(scale)
+    gbp = b.op("Pad", [gb, i64("edge_pads", [0, 0, 1, 1, 0, 0, 1, 1])], "maps_edge", mode="edge")
+    cols = b.op("MatMul", [_stack3(b, gbp, 3, "cols"), b.const("w_cols", np.ascontiguousarray(wts.T))], "up_cols")
+    wide = b.op("Reshape", [cols, i64("merge_cols", [0, 0, 0, -1])], "maps_wide")  # 1 x 6 x (h+2) x W'
+    full_shape = b.op("Shape", [frame.img_p], "padded_shape")
+    halves = []
+    for name, lo, hi in (("gain", 0, 3), ("offset", 3, 6)):
+        part = b.op("Slice", [wide, i64(f"{name}_lo", [lo]), i64(f"{name}_hi", [hi]), i64(f"{name}_axis", [1])],
+                    f"{name}_wide")
+        up = b.op("MatMul", [b.const(f"w_rows_{name}", wts), _stack3(b, part, 2, f"{name}_rows")], f"{name}_up")
+        halves.append(b.op("Reshape", [up, full_shape], f"{name}_full"))
+    return halves[0], halves[1]
 
-    # 255 J = (255 x) (1 + K) + 255 B, to bytes in one QuantizeLinear, crop the padding, back to NHWC
-    j = b.op("Add", [b.op("Mul", [x255, gain], "apply_gain"), offset], "apply_offset")
-    j8 = b.op("QuantizeLinear", [j, b.const("one", np.array(1.0, np.float32)), zp], "to_uint8")
-    if scale > 1:
-        j8 = b.op("Slice", [j8, i64("crop_lo", [0, 0]), hw, i64("crop_axes", [2, 3])], "crop")
-    b.nodes.append(helper.make_node("Transpose", [j8], ["dehazed"], perm=[0, 2, 3, 1], name="fused/to_nhwc"))
 
-    extra_inputs = [i for i in core.graph.input if i.name != "x_low"]
-    if role == "fuse" and not extra_inputs:
-        raise ValueError("role fuse needs a fuse core (x_low + depth features -> maps)")
-    return _assemble(core, b.nodes, b.inits, [image_in, *extra_inputs],
-                     [helper.make_tensor_value_info("dehazed", TensorProto.UINT8, [1, "height", "width", 3])])
+def _frame_output(b: _Builder, j: str, frame: _Frame, scale: int, target: str) -> None:
+    """255 J (float, padded NCHW) -> ``dehazed``: rounded, clamped to 0..255, cropped, NHWC uint8."""
+    from onnx import TensorProto, helper
+
+    def crop(x: str) -> str:
+        if scale == 1:
+            return x
+        lo, axes = b.const("crop_lo", np.array([0, 0], np.int64)), b.const("crop_axes", np.array([2, 3], np.int64))
+        return b.op("Slice", [x, lo, frame.hw, axes], "crop")
+
+    if target == "trt":  # float to the end; Round (half to even, as QuantizeLinear), Clip, then the one Cast
+        nhwc = b.op("Transpose", [crop(j)], "to_nhwc", perm=[0, 2, 3, 1])
+        lo, hi = b.const("clip_lo", np.array(0.0, np.float32)), b.const("clip_hi", np.array(255.0, np.float32))
+        clipped = b.op("Clip", [b.op("Round", [nhwc], "round"), lo, hi], "clip")
+        b.nodes.append(helper.make_node("Cast", [clipped], ["dehazed"], to=TensorProto.UINT8, name="fused/to_uint8"))
+        return
+    # clamp, round half to even and cast in one pass
+    j8 = b.op("QuantizeLinear", [j, b.const("one", np.array(1.0, np.float32)), b.const("zp", np.array(0, np.uint8))],
+              "to_uint8")
+    b.nodes.append(helper.make_node("Transpose", [crop(j8)], ["dehazed"], perm=[0, 2, 3, 1], name="fused/to_nhwc"))
 
 
 def _assemble(core: "onnx.ModelProto", nodes: list, inits: list, inputs: list, outputs: list) -> "onnx.ModelProto":  # noqa: F821

@@ -12,6 +12,10 @@ quantize/dequantize ops that trace to ONNX QDQ nodes.
 MinMax) on the FP32 ONNX graph, restricted to the core's nodes. Fast, no
 training; usually a larger accuracy drop.
 
+Both methods write the flavour ``--target`` asks for
+(:data:`edgehaze.export.targets.FLAVOURS`): asymmetric uint8 activations for
+ONNX Runtime on CPU, symmetric int8 (zero-point 0) for TensorRT.
+
 Accuracy is measured on hold-out images never used for calibration or
 fine-tuning: PSNR/SSIM of FP32 and INT8 against GT (when the data has it)
 and of INT8 against FP32.
@@ -135,6 +139,53 @@ def _nncf() -> Any:
     return nncf
 
 
+def ort_static_options(target: str = "cpu") -> Dict[str, Any]:
+    """``quantize_static`` keywords of a flavour (:data:`edgehaze.export.targets.FLAVOURS`).
+
+    cpu: uint8 asymmetric activations (what ORT's CPU kernels fuse into
+    QLinearConv); trt: int8 symmetric activations (zero-point 0, what
+    TensorRT takes). Both: QDQ, int8 symmetric weights per channel.
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType
+
+    from edgehaze.export.targets import FLAVOURS
+
+    fl = FLAVOURS[target]
+    return dict(quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
+                activation_type=QuantType.QInt8 if fl.activations == "int8" else QuantType.QUInt8,
+                extra_options={"ActivationSymmetric": fl.symmetric, "WeightSymmetric": True})
+
+
+def _nncf_quantize(nncf: Any, core: "torch.nn.Module", items: list, target: str) -> "torch.nn.Module":  # noqa: F821
+    """``nncf.quantize`` with the flavour's preset; trt: every activation quantiser made signed int8.
+
+    cpu, MIXED: asymmetric (uint8) activations. NNCF's symmetric preset gives
+    tensors that can be negative int8 activations next to uint8 post-ReLU
+    ones; ONNX Runtime then fuses no conv whose input and output types differ
+    and runs ~20 of them as float Conv (10.4 vs 8.3 ms at 640x480).
+    trt, PERFORMANCE: symmetric weights and activations. NNCF still makes a
+    symmetric quantiser of a non-negative tensor unsigned (0..255, exported
+    as uint8 with zero-point 0), and its hardware configs refuse a forced
+    signedness for activations, so the quantisers are switched to signed
+    here, before fine-tuning: TensorRT's INT8 activations are int8 only.
+    """
+    from edgehaze.export.targets import FLAVOURS
+
+    fl = FLAVOURS[target]
+    preset = getattr(nncf.QuantizationPreset, fl.nncf_preset)
+    qcore = nncf.quantize(core, nncf.Dataset(items), subset_size=len(items), preset=preset)
+    if fl.symmetric:
+        from nncf.torch.quantization.layers import AsymmetricQuantizer, SymmetricQuantizer
+
+        for q in qcore.modules():
+            if isinstance(q, AsymmetricQuantizer):
+                raise EdgehazeError("NNCF made an asymmetric quantiser under the PERFORMANCE preset; this is a bug, "
+                                    "please report it (--method ptq makes the TensorRT flavour without NNCF)")
+            if isinstance(q, SymmetricQuantizer) and not q.signed:
+                q.signed = True
+    return qcore
+
+
 def qat_quantize(
     model: "torch.nn.Module",  # noqa: F821
     calib: Sequence[Sample],
@@ -145,13 +196,15 @@ def qat_quantize(
     seed: int = 0,
     progress: bool = True,
     prepool: int = 1,
+    target: str = "cpu",
 ) -> "torch.nn.Module":  # noqa: F821
     """A :class:`FloatModel` whose core carries INT8 quantize/dequantize ops.
 
     ``model`` (a DepthGuidedDehazer) is not modified. ``prepool``: the core
     takes the frame already pooled by this factor (the fused export's
     layout, :func:`edgehaze.export.fused.prepooled`); the returned
-    FloatModel pools before calling it.
+    FloatModel pools before calling it. ``target``: the flavour
+    (:func:`_nncf_quantize`).
     """
     import torch
     import torch.nn.functional as F
@@ -168,10 +221,7 @@ def qat_quantize(
     items = [pooled[i : i + 1] for i in range(len(images))]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        # MIXED: asymmetric (uint8) activations. NNCF's default symmetric preset gives tensors that can be
-        # negative int8 activations next to uint8 post-ReLU ones; ONNX Runtime then fuses no conv whose
-        # input and output types differ and runs ~20 of them as float Conv (10.4 vs 8.3 ms at 640x480).
-        qcore = nncf.quantize(core, nncf.Dataset(items), subset_size=len(items), preset=nncf.QuantizationPreset.MIXED)
+        qcore = _nncf_quantize(nncf, core, items, target)
     qfloat = FloatModel(qmodel, core=qcore, prepool=prepool)
     if steps > 0:
         with torch.no_grad():
@@ -210,12 +260,13 @@ def qat_quantize(
     return FloatModel(qmodel, core=stripped, prepool=prepool).eval()
 
 
-def ptq_onnx(fp32: "onnx.ModelProto", calib: Sequence[Sample], core_prefix: str = "/float_model/core/") -> "onnx.ModelProto":  # noqa: F821
-    """ORT static quantisation (QDQ, per-channel, MinMax) of the core's nodes only."""
+def ptq_onnx(fp32: "onnx.ModelProto", calib: Sequence[Sample], core_prefix: str = "/float_model/core/",  # noqa: F821
+             target: str = "cpu") -> "onnx.ModelProto":  # noqa: F821
+    """ORT static quantisation (QDQ, per-channel, MinMax) of the core's nodes only, in ``target``'s flavour."""
     import tempfile
 
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -230,11 +281,7 @@ def ptq_onnx(fp32: "onnx.ModelProto", calib: Sequence[Sample], core_prefix: str 
         onnx.save(fp32, src)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quantize_static(
-                src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                nodes_to_quantize=nodes, extra_options={"ActivationSymmetric": False},
-            )
+            quantize_static(src, dst, Reader(), nodes_to_quantize=nodes, **ort_static_options(target))
         return onnx.load(dst)
 
 

@@ -16,7 +16,8 @@ from edgehaze.errors import EdgehazeError
 TRT_HINT = "install the trt extra on a GPU machine: pip install edgehaze[trt]"
 
 #: flags every target takes
-COMMON_FLAGS = frozenset({"imgsz", "dynamic", "out", "channel_order", "two_graph", "int8", "fp16", "internal_scale"})
+COMMON_FLAGS = frozenset({"imgsz", "dynamic", "out", "channel_order", "two_graph", "int8", "fp16", "internal_scale",
+                          "target"})
 #: flags of the INT8 calibration/QAT path
 INT8_FLAGS = frozenset({"calib", "qat_steps", "method", "max_psnr_drop", "force", "calib_images", "holdout_images"})
 
@@ -62,6 +63,54 @@ EXPORT_TARGETS: Dict[str, ExportTarget] = {
         ),
     )
 }
+
+
+@dataclass(frozen=True)
+class Flavour:
+    """How a graph is written for the engine that runs it (``--target``); the sidecar records ``target``.
+
+    name: the ``--target`` value. activations: the INT8 activation type
+    (``uint8`` asymmetric for ONNX Runtime's CPU kernels, ``int8`` symmetric
+    with zero-point 0 for TensorRT). nncf_preset: the NNCF
+    ``QuantizationPreset`` of ``--method qat``. bytes_inside: the frame's
+    layout ops run on uint8 inside the graph (CPU: a quarter of the memory
+    traffic); when False uint8 exists only at the graph's ends, through Casts.
+    suffix: added to the default artifact name, so both flavours can sit side
+    by side.
+    """
+
+    name: str
+    activations: str
+    symmetric: bool
+    nncf_preset: str
+    bytes_inside: bool
+    suffix: str
+    description: str
+
+
+FLAVOURS: Dict[str, Flavour] = {
+    f.name: f
+    for f in (
+        Flavour("cpu", "uint8", False, "MIXED", True, "",
+                "ONNX Runtime on CPU: asymmetric uint8 activations (QLinearConv on VNNI), uint8 layout ops"),
+        Flavour("trt", "int8", True, "PERFORMANCE", False, "-trt",
+                "TensorRT 8.6/10.x (and ORT's TensorRT provider): symmetric int8, zero-point 0, per-channel "
+                "weights; uint8 only at the graph's ends (Cast in; Round, Clip, Cast out)"),
+    )
+}
+
+
+def resolve_flavour(target: Optional[str], formats: Sequence[ExportTarget]) -> Flavour:
+    """``--target`` -> its flavour; unset: ``trt`` when a TensorRT format is asked for, else ``cpu``."""
+    gpu = [t.name for t in formats if t.gpu_only]
+    if target is None:
+        return FLAVOURS["trt" if gpu else "cpu"]
+    if target not in FLAVOURS:
+        raise EdgehazeError(f"--target {target}: unknown; choose one of {', '.join(FLAVOURS)}")
+    if target != "trt" and gpu:
+        raise EdgehazeError(f"--format {gpu[0]} builds from the TensorRT flavour (symmetric int8, no uint8 inside); "
+                            f"--target {target} makes a graph TensorRT cannot build from: use --target trt")
+    return FLAVOURS[target]
 
 
 def available(target: ExportTarget) -> bool:
