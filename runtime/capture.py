@@ -53,6 +53,7 @@ class CaptureThread(threading.Thread):
         self._free: list[np.ndarray] = []
         self._halt = threading.Event()
         self._raw: np.ndarray | None = None
+        self._flipped: np.ndarray | None = None
         # counters (read by the stream's stats)
         self.captured = self.dropped = self.undecodable = self.reopens = self.loops_done = 0
 
@@ -123,9 +124,10 @@ class CaptureThread(threading.Thread):
         return False
 
     def _read_one(self):
-        """Read (and resize to ``size``) one frame into a pooled buffer."""
+        """Read (flip by ``source.cpu_flip`` and resize to ``size``) one frame into a pooled buffer."""
         buf = self._take_buffer()
-        if self.size is None:
+        flip = getattr(self.source, "cpu_flip", "none")
+        if self.size is None and flip == "none":
             status, frame = self.source.read(buf)
             if status is not Read.OK and buf is not None:
                 self.give_back(buf)
@@ -136,8 +138,16 @@ class CaptureThread(threading.Thread):
                 self.give_back(buf)
             return status, None
         self._raw = raw
+        if flip != "none":
+            from .sources import apply_flip, flipped_shape
+            want = flipped_shape(raw.shape, flip)
+            if self.size is None:  # flip straight into the pooled buffer
+                return status, apply_flip(raw, flip, dst=buf if buf is not None and buf.shape == want else None)
+            prev = self._flipped  # the thread's own buffer before resizing, reused while the shape holds
+            self._flipped = apply_flip(raw, flip, dst=prev if prev is not None and prev.shape == want else None)
+            raw = self._flipped
         w, h = self.size
-        if buf is not None and buf.shape != (h, w, 3):
+        if buf is not None and buf.shape != (h, w) + raw.shape[2:]:
             buf = None
         if raw.shape[:2] != (h, w):
             import cv2

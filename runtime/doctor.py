@@ -21,6 +21,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from .backends import GPU_PROVIDERS, available_providers
 from .errors import RuntimeError_
+from .gst import gst_has
 
 Line = Tuple[str, str]  # ("info" | "warn", text)
 GST_ELEMENTS = ("nvarguscamerasrc", "nvvidconv", "nvv4l2decoder", "nvv4l2h264enc", "nvv4l2h265enc", "nvjpegenc",
@@ -68,27 +69,6 @@ def cameras(pattern: str = "/dev/video*", sysfs: str = "/sys/class/video4linux")
             name = "?"
         found.append(f"{dev} ({name})")
     return found
-
-
-def gst_has(element: str) -> Optional[bool]:
-    """Is GStreamer element ``element`` installed? None when neither PyGObject nor gst-inspect-1.0 can tell."""
-    try:
-        import gi
-
-        gi.require_version("Gst", "1.0")
-        from gi.repository import Gst
-
-        Gst.init(None)
-        return Gst.ElementFactory.find(element) is not None
-    except (ImportError, ValueError):
-        pass
-    import shutil
-    import subprocess
-
-    tool = shutil.which("gst-inspect-1.0")
-    if tool is None:
-        return None
-    return subprocess.run([tool, "--exists", element], capture_output=True, timeout=10).returncode == 0
 
 
 def auto_choice(providers: List[str], gpu_visible: bool) -> Line:

@@ -1,7 +1,9 @@
 """Video outputs with jetson-utils URI conventions (needs OpenCV).
 
 ``display://0``         a window (cv2.imshow); a clear error where OpenCV has no GUI or there is no display
-``out.mp4|.m4v|.mov``   video file, fourcc mp4v;  ``.avi`` MJPG;  ``.mkv`` XVID  (``codec=`` overrides)
+``out.mp4|.m4v|.mov``   video file, fourcc mp4v;  ``.avi`` MJPG;  ``.mkv`` XVID  (``codec=`` overrides: a name
+                        such as h264 goes through a GStreamer encoder when present, see runtime/gst.py)
+``rtsp://host:port/p``  publish to an RTSP server (GStreamer rtspclientsink); ``rtp://host:port`` UDP RTP
 ``folder/`` or a path without extension, ``frames/%06d.png``   numbered images
 ``null``                discard (benchmarks)
 
@@ -20,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import RuntimeError_, Status, mask_uri
+from .gst import (ENCODERS, FOURCC, MUXERS, OUTPUT_CODECS, Have, file_pipeline, gst_has, rtp_pipeline,
+                  rtsp_pipeline)
 from .sources import IMAGE_EXTS, _cv2, opencv_has
 
 VIDEO_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "XVID"}
@@ -45,29 +49,67 @@ class NullSink(Sink):
         return True
 
 
+def plan_video(path: str, codec: str | None, gstreamer: bool, have: Have) -> tuple[str, str]:
+    """How a video file is written: ("gstreamer", codec name) or ("opencv", FOURCC).
+
+    No ``--output-codec``: OpenCV with the extension's FOURCC (as before).
+    A codec *name* (h264, h265, mjpeg, ...) goes through GStreamer when
+    OpenCV has it and an encoder element for it exists (hardware first),
+    else through OpenCV's FFmpeg with that codec's FOURCC. A 4-character
+    code that is not a name is a FOURCC for OpenCV.
+    """
+    ext = Path(path).suffix.lower()
+    if codec is None:
+        if ext not in VIDEO_FOURCC:
+            raise RuntimeError_(Status.BAD_ARGUMENT, f"{path}: unknown video extension; use one of "
+                                                     f"{sorted(VIDEO_FOURCC)} or give --output-codec")
+        return "opencv", VIDEO_FOURCC[ext]
+    name = codec.lower()
+    if name not in OUTPUT_CODECS:
+        if len(codec) == 4:
+            return "opencv", codec
+        raise RuntimeError_(Status.BAD_ARGUMENT, f"--output-codec {codec!r}: use {'|'.join(OUTPUT_CODECS)} or a "
+                                                 "4-character FOURCC")
+    if gstreamer and name in ENCODERS and ext in MUXERS:
+        try:
+            file_pipeline(path, name, have)  # the container takes it and an encoder exists
+            return "gstreamer", name
+        except RuntimeError_ as exc:
+            if exc.code != Status.UNSUPPORTED:  # a container/codec mismatch is the user's to fix
+                raise
+    return "opencv", FOURCC[name]
+
+
 class VideoFileSink(Sink):
-    def __init__(self, path: str | Path, fps: float, codec: str | None = None) -> None:
+    def __init__(self, path: str | Path, fps: float, codec: str | None = None, bitrate_kbps: int = 4000,
+                 log=None) -> None:
         self.path = Path(path)
         self.uri = str(self.path)
-        ext = self.path.suffix.lower()
-        if codec is None and ext not in VIDEO_FOURCC:
-            raise RuntimeError_(Status.BAD_ARGUMENT,
-                                f"{self.path}: unknown video extension; use one of {sorted(VIDEO_FOURCC)}")
-        self.codec = codec or VIDEO_FOURCC[ext]
-        if len(self.codec) != 4:
-            raise RuntimeError_(Status.BAD_ARGUMENT, f"codec {self.codec!r} must be a 4-character fourcc")
+        gstreamer = codec is not None and opencv_has("GStreamer")
+        self.backend, self.codec = plan_video(str(self.path), codec, gstreamer, gst_has)
+        self.bitrate_kbps = int(bitrate_kbps)
         self.fps = fps if fps and fps > 0 else 30.0
         self._tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
         self._writer = None
         self._size: tuple[int, int] | None = None
         self._resize_buf: np.ndarray | None = None
+        self._log = log or (lambda msg: None)
+
+    def _make_writer(self, cv2, w: int, h: int):
+        if self.backend == "gstreamer":
+            element, pipeline = file_pipeline(str(self._tmp), self.codec, gst_has, self.bitrate_kbps)
+            self._log(f"{self.path}: {self.codec} through GStreamer {element}")
+            return cv2.VideoWriter(pipeline, cv2.CAP_GSTREAMER, 0, self.fps, (w, h), True), pipeline
+        return cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*self.codec), self.fps, (w, h)), self.codec
 
     def _open(self, w: int, h: int) -> None:
         cv2 = _cv2()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*self.codec), self.fps, (w, h))
+        writer, what = self._make_writer(cv2, w, h)
         if not writer.isOpened():
-            raise RuntimeError_(Status.IO, f"{self.path}: OpenCV cannot write {self.codec} video here")
+            hint = ("; pip's OpenCV has no H.264/H.265 encoder: use JetPack's OpenCV (GStreamer) or mjpeg/mpeg4"
+                    if self.backend == "opencv" and self.codec in ("avc1", "hvc1") else "")
+            raise RuntimeError_(Status.IO, f"{self.path}: OpenCV cannot write {what} video here{hint}")
         self._writer, self._size = writer, (w, h)
         self._resize_buf = np.empty((h, w, 3), np.uint8)
 
@@ -89,6 +131,44 @@ class VideoFileSink(Sink):
         self._writer.release()
         self._writer = None
         os.replace(self._tmp, self.path)
+
+
+class NetworkSink(VideoFileSink):
+    """``rtsp://host:port/path`` (publish with rtspclientsink) or ``rtp://host:port`` (udpsink), via GStreamer."""
+
+    def __init__(self, uri: str, fps: float, codec: str | None = None, bitrate_kbps: int = 4000, log=None) -> None:
+        if not opencv_has("GStreamer"):
+            raise RuntimeError_(Status.UNSUPPORTED,
+                                f"{mask_uri(uri)}: network output needs OpenCV built with GStreamer (GStreamer: NO "
+                                "here; pip's opencv-python has none): use JetPack's OpenCV, or write a file")
+        self.uri, self.fps = mask_uri(uri), fps if fps and fps > 0 else 30.0
+        self.codec, self.bitrate_kbps = (codec or "h264").lower(), int(bitrate_kbps)
+        self._target = uri
+        self._writer, self._size, self._resize_buf = None, None, None
+        self._log = log or (lambda msg: None)
+        self._element, self._pipeline = self._build()  # checks elements now: fail before the first frame
+
+    def _build(self) -> tuple[str, str]:
+        m = re.fullmatch(r"(?i)rtp://([^:/]+):(\d+)/?", self._target)
+        if m:
+            return rtp_pipeline(m.group(1), int(m.group(2)), self.codec, gst_has, self.bitrate_kbps)
+        return rtsp_pipeline(self._target, self.codec, gst_has, self.bitrate_kbps)
+
+    def _make_writer(self, cv2, w: int, h: int):
+        self._log(f"{self.uri}: {self.codec} through GStreamer {self._element}")
+        return cv2.VideoWriter(self._pipeline, cv2.CAP_GSTREAMER, 0, self.fps, (w, h), True), mask_uri(self._pipeline)
+
+    def _open(self, w: int, h: int) -> None:
+        writer, _ = self._make_writer(_cv2(), w, h)
+        if not writer.isOpened():
+            raise RuntimeError_(Status.IO, f"{self.uri}: GStreamer cannot open the output (server down or refused?)")
+        self._writer, self._size = writer, (w, h)
+        self._resize_buf = np.empty((h, w, 3), np.uint8)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
 
 
 class ImageFolderSink(Sink):
@@ -157,7 +237,7 @@ def opencv_has_gui() -> bool:
 
 
 def open_sink(uri: str, *, fps: float = 30.0, headless: bool = False, codec: str | None = None,
-              log=None) -> Sink:
+              log=None, bitrate_kbps: int = 4000) -> Sink:
     """Build the sink for an output URI (nothing is created on disk before the first frame)."""
     uri = str(uri).strip()
     if uri.lower() in ("null", "null://", "none", ""):
@@ -169,15 +249,17 @@ def open_sink(uri: str, *, fps: float = 30.0, headless: bool = False, codec: str
             return NullSink()
         return DisplaySink(uri)
     scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme in ("rtsp", "rtsps", "rtp"):
+        return NetworkSink(uri, fps, codec, bitrate_kbps, log)
     if scheme == "file":
         uri = uri[len("file://"):]
     elif scheme:
         raise RuntimeError_(Status.UNSUPPORTED,
-                            f"{mask_uri(uri)}: output scheme {scheme!r} is not supported by the OpenCV stream tool; "
-                            "use display://0, a video file, an image folder or null")
+                            f"{mask_uri(uri)}: output scheme {scheme!r} is not supported by the stream tool; "
+                            "use display://0, rtsp://, rtp://, a video file, an image folder or null")
     ext = "" if uri.endswith(("/", os.sep)) else Path(uri).suffix.lower()
-    if ext in VIDEO_FOURCC or (codec and ext and ext not in IMAGE_EXTS):
-        return VideoFileSink(uri, fps, codec)
+    if ext in VIDEO_FOURCC or ext in MUXERS or (codec and ext and ext not in IMAGE_EXTS):
+        return VideoFileSink(uri, fps, codec, bitrate_kbps, log)
     if ext in IMAGE_EXTS or ext == "" or "%" in uri:
         return ImageFolderSink(uri)
     raise RuntimeError_(Status.BAD_ARGUMENT,

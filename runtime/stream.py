@@ -40,6 +40,7 @@ import numpy as np  # noqa: E402
 from .api import Dehazer, Options  # noqa: E402
 from .capture import EOF, ERROR, CaptureThread  # noqa: E402
 from .errors import RuntimeError_, Status, mask_text  # noqa: E402
+from .gst import FLIP_METHODS, INPUT_CODECS, OUTPUT_CODECS  # noqa: E402
 from .sinks import Sink, open_sink  # noqa: E402
 from .sources import Source, _cv2, open_source  # noqa: E402
 
@@ -149,11 +150,19 @@ class Stream:
         self._out_bgr = np.empty((mh, mw, 3), np.uint8) if self._out_rgb else self._out
         self._resize = (mh, mw) != (h, w)
         self._sbs = np.empty((mh, 2 * mw, 3), np.uint8) if self.side_by_side else None
+        bgrx = frame.ndim == 3 and frame.shape[2] == 4  # a BGRx appsink (runtime/gst.py)
+        self._small4 = np.empty((mh, mw, 4), np.uint8) if bgrx and self._resize else None
         self.stats.frame_size = [w, h]
 
     def _pre(self, frame: np.ndarray) -> np.ndarray:
         cv2 = _cv2()
         src = frame
+        if frame.shape[2] == 4:  # BGRx from nvvidconv: one conversion, straight into the artifact's order
+            code = cv2.COLOR_BGRA2RGB if self._in_rgb else cv2.COLOR_BGRA2BGR
+            if self._resize:
+                src = cv2.resize(frame, (self._model_in.shape[1], self._model_in.shape[0]), dst=self._small4,
+                                 interpolation=cv2.INTER_AREA)
+            return cv2.cvtColor(src, code, dst=self._model_in)
         if self._resize:
             src = cv2.resize(frame, (self._model_in.shape[1], self._model_in.shape[0]),
                              dst=self._model_in, interpolation=cv2.INTER_AREA)
@@ -173,7 +182,11 @@ class Stream:
             return out
         w = out.shape[1]
         left = self._sbs[:, :w]
-        if self._resize:
+        if frame_bgr.shape[2] == 4:
+            small = cv2.resize(frame_bgr, (w, out.shape[0]), dst=self._small4, interpolation=cv2.INTER_AREA) \
+                if self._resize else frame_bgr
+            cv2.cvtColor(small, cv2.COLOR_BGRA2BGR, dst=left)
+        elif self._resize:
             cv2.resize(frame_bgr, (w, out.shape[0]), dst=left, interpolation=cv2.INTER_AREA)
         else:
             np.copyto(left, frame_bgr)
@@ -317,7 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue-size", type=int, default=2, help="frames buffered ahead of inference")
     p.add_argument("--max-reopen", type=int, default=5, help="consecutive reopen attempts of a lost live source")
     p.add_argument("--reopen-backoff", type=float, default=0.5, help="first reopen delay in s (doubles, max 8 s)")
-    p.add_argument("--output-codec", default=None, help="fourcc overriding the one chosen by extension")
+    p.add_argument("--input-flip", default="none", choices=tuple(FLIP_METHODS),
+                   help="flip/rotate the input (CSI and GStreamer-decoded inputs: in nvvidconv; others on the CPU)")
+    p.add_argument("--input-codec", default=None, choices=INPUT_CODECS,
+                   help="cameras: the pixel format asked for (mjpeg is the default request, yuyv raw) through "
+                        "GStreamer hardware decoding when present; rtsp://: h264|h265 decoded by nvv4l2decoder")
+    p.add_argument("--output-codec", default=None,
+                   help=f"{'|'.join(OUTPUT_CODECS)} (hardware encoder through GStreamer when present, else "
+                        "software x264enc/..., else OpenCV's FOURCC) or a 4-character FOURCC; default: by extension")
+    p.add_argument("--output-bitrate", type=int, default=4000, help="kbit/s for GStreamer encoders (default 4000)")
     p.add_argument("--output-fps", type=float, default=None, help="video output frame rate (default: the input's)")
     return p
 
@@ -348,14 +369,16 @@ def main(argv: list[str] | None = None) -> int:
         log(f"model {args.model} on {dehazer.backend_name} ({args.threads} threads), channel order "
             f"{dehazer.channel_order}, depth every {dehazer.depth_every} frame(s)")
         source = open_source(args.input, width=args.input_width, height=args.input_height,
-                             rate=args.input_rate, timeout_s=args.input_timeout)
+                             rate=args.input_rate, timeout_s=args.input_timeout, flip=args.input_flip,
+                             codec=args.input_codec)
         output = args.output or ("null" if args.headless else "display://0")
         fps = args.output_fps or args.input_rate
         if fps is None and not source.live and hasattr(source, "fps"):  # never open a camera twice
             source.open()
             fps = source.fps or None
             source.close()
-        sink = open_sink(output, fps=fps or 30.0, headless=args.headless, codec=args.output_codec, log=log)
+        sink = open_sink(output, fps=fps or 30.0, headless=args.headless, codec=args.output_codec, log=log,
+                         bitrate_kbps=args.output_bitrate)
         info = {"model": str(args.model), "backend": dehazer.backend_name, "input": source.uri,
                 "output": sink.uri, "live": source.live, "threads": args.threads}
         stream = Stream(dehazer, source, sink, side_by_side=args.side_by_side, max_frames=args.max_frames,
