@@ -143,8 +143,9 @@ def ort_static_options(target: str = "cpu") -> Dict[str, Any]:
     """``quantize_static`` keywords of a flavour (:data:`edgehaze.export.targets.FLAVOURS`).
 
     cpu: uint8 asymmetric activations (what ORT's CPU kernels fuse into
-    QLinearConv); trt: int8 symmetric activations (zero-point 0, what
-    TensorRT takes). Both: QDQ, int8 symmetric weights per channel.
+    QLinearConv), int32 biases; trt: int8 symmetric activations (zero-point
+    0, what TensorRT takes), float biases. Both: QDQ, int8 symmetric weights
+    per channel.
     """
     from onnxruntime.quantization import QuantFormat, QuantType
 
@@ -153,7 +154,8 @@ def ort_static_options(target: str = "cpu") -> Dict[str, Any]:
     fl = FLAVOURS[target]
     return dict(quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
                 activation_type=QuantType.QInt8 if fl.activations == "int8" else QuantType.QUInt8,
-                extra_options={"ActivationSymmetric": fl.symmetric, "WeightSymmetric": True})
+                extra_options={"ActivationSymmetric": fl.symmetric, "WeightSymmetric": True,
+                               "QuantizeBias": fl.int32_bias})
 
 
 def _nncf_quantize(nncf: Any, core: "torch.nn.Module", items: list, target: str) -> "torch.nn.Module":  # noqa: F821

@@ -75,6 +75,9 @@ class Flavour:
     ``QuantizationPreset`` of ``--method qat``. bytes_inside: the frame's
     layout ops run on uint8 inside the graph (CPU: a quarter of the memory
     traffic); when False uint8 exists only at the graph's ends, through Casts.
+    int32_bias: ONNX Runtime's PTQ quantises conv biases to int32 (CPU:
+    QLinearConv takes them); TensorRT's DequantizeLinear reads int8 only, so
+    there biases stay float (TensorRT folds them into the INT8 conv).
     suffix: added to the default artifact name, so both flavours can sit side
     by side.
     """
@@ -84,6 +87,7 @@ class Flavour:
     symmetric: bool
     nncf_preset: str
     bytes_inside: bool
+    int32_bias: bool
     suffix: str
     description: str
 
@@ -91,9 +95,9 @@ class Flavour:
 FLAVOURS: Dict[str, Flavour] = {
     f.name: f
     for f in (
-        Flavour("cpu", "uint8", False, "MIXED", True, "",
+        Flavour("cpu", "uint8", False, "MIXED", True, True, "",
                 "ONNX Runtime on CPU: asymmetric uint8 activations (QLinearConv on VNNI), uint8 layout ops"),
-        Flavour("trt", "int8", True, "PERFORMANCE", False, "-trt",
+        Flavour("trt", "int8", True, "PERFORMANCE", False, False, "-trt",
                 "TensorRT 8.6/10.x (and ORT's TensorRT provider): symmetric int8, zero-point 0, per-channel "
                 "weights; uint8 only at the graph's ends (Cast in; Round, Clip, Cast out)"),
     )

@@ -282,8 +282,8 @@ def _uint8_rule(g: _Graph) -> Iterable[Tuple[str, str, str, str]]:
         elif name in g.output_names and prod is not None and prod.op_type == "Cast":
             bad = [(u, f"reads the uint8 graph output '{name}' inside the graph") for u in users]
         else:
-            where = "an initializer" if g.is_const(name) else "a tensor inside the graph"
-            bad = [(u, f"reads uint8 {where} '{name}'") for u in users]
+            where = "initializer" if g.is_const(name) else "tensor"
+            bad = [(u, f"reads the uint8 {where} '{name}' inside the graph") for u in users]
             if prod is not None:
                 bad.insert(0, (prod, f"makes uint8 tensor '{name}' inside the graph"))
         for node, msg in bad:
@@ -370,10 +370,13 @@ def read_profiles(meta: Dict[str, Any]) -> Dict[str, Profile]:
     return {role: {"image": ranges} for role in (meta.get("graphs") or {"full": None})}
 
 
-def _sidecar_of(path: Path) -> Dict[str, Any]:
-    """The sidecar of an artifact graph: ``NAME.json`` beside it, or the copy in its metadata_props."""
+def artifact_meta(path: "str | Path") -> Dict[str, Any]:
+    """The sidecar of an artifact: ``NAME.json`` itself or beside ``NAME[.role].onnx``, else the graph's metadata copy."""
     import onnx
 
+    path = Path(path)
+    if path.suffix == ".json":
+        return json.loads(path.read_text())
     side = path.parent / (path.name.split(".")[0] + ".json")
     if side.is_file():
         try:
@@ -397,12 +400,7 @@ def check_artifact(path: "str | Path", releases: Sequence[str] = DEFAULT_RELEASE
     profile (its dynamic inputs then fail the ``profile`` rule).
     """
     path = Path(path)
-    if path.suffix == ".json":
-        meta = json.loads(path.read_text())
-        folder = path.parent
-    else:
-        meta = _sidecar_of(path)
-        folder = path.parent
+    meta, folder = artifact_meta(path), path.parent
     graphs = meta.get("graphs") or {}
     profiles = read_profiles(meta)
     if path.suffix != ".json" and path.name not in graphs.values():
@@ -451,5 +449,5 @@ def precision_of_graph(meta: Dict[str, Any], model_path: "str | Path") -> str:
     return "int8" if any(n.op_type in _QDQ for n in model.graph.node) else "fp32"
 
 
-__all__ = ["DEFAULT_RELEASES", "Finding", "Report", "check_artifact", "check_model", "gpu_commands",
+__all__ = ["DEFAULT_RELEASES", "Finding", "Report", "artifact_meta", "check_artifact", "check_model", "gpu_commands",
            "precision_of_graph", "read_profiles"]
