@@ -9,6 +9,10 @@ skipped with a note when absent):
   :data:`edgehaze.data.rgbd.FRIDA2_TEST_EVERY`) for each fog type
   (``U080`` homogeneous, ``K080`` heterogeneous, ``L080`` cloudy,
   ``M080`` cloudy heterogeneous).
+* ``fohis-outdoor``: one real outdoor photo with the haze its FoHIS authors
+  simulated from its measured depth (``fohis_depth/``): the only outdoor
+  pair of a real scene here, so a check that a model trained largely
+  indoors does not fall below the hazy input outdoors (test only).
 * ``real-photos``: real hazy photos without ground truth (FADE fog density,
   lower = less fog; NIQE naturalness, lower = better), with the official
   statistics files under ``metrics/``.
@@ -75,6 +79,14 @@ def frida2_test(data: Path) -> List[EvalSet]:
     return sets
 
 
+def fohis_outdoor(data: Path) -> Optional[EvalSet]:
+    root = data / "fohis_depth"
+    hazy, gt = root / "result.jpg", root / "img.jpg"
+    if not (hazy.is_file() and gt.is_file()):
+        return None
+    return EvalSet("fohis-outdoor", [hazy], [gt], "FoHIS outdoor photo, haze simulated from its depth")
+
+
 def real_photos(data: Path) -> Optional[EvalSet]:
     from edgehaze.imageio import list_images
 
@@ -91,7 +103,7 @@ def benchmark_sets(data: "str | Path", names: Optional[Sequence[str]] = None) ->
     data = Path(data)
     if not data.is_dir():
         raise EdgehazeError(f"--data {data}: no such folder (the shared data folder, or EDGEHAZE_SHARED/data)")
-    sets = [s for s in [sots_indoor(data), *frida2_test(data), real_photos(data)] if s is not None]
+    sets = [s for s in [sots_indoor(data), *frida2_test(data), fohis_outdoor(data), real_photos(data)] if s is not None]
     if names:
         sets = [s for s in sets if any(s.name.startswith(n) for n in names)]
     if not sets:

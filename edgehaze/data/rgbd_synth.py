@@ -198,8 +198,8 @@ def make_rgbd_dataset(
     from edgehaze.imageio import read_image
 
     recipe.validate()
-    if variants < 1:
-        raise EdgehazeError(f"--variants {variants}: need at least 1")
+    if variants < (0 if keep_pairs else 1):
+        raise EdgehazeError(f"--variants {variants}: need at least 1 (or 0 with --keep-pairs: the original pairs only)")
     out = Path(out)
     jobs: List[Tuple[RGBDSource, RGBDScene, str]] = []
     for src in sources:
