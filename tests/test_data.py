@@ -194,3 +194,24 @@ def test_shared_sots_indoor_pairs() -> None:
     assert all(p.gt is not None and p.gt.stem == p.hazy.stem.split("_")[0] for p in found.pairs)
     ds = PairedDataset(found)
     assert ds[0]["hazy"].shape == ds[0]["gt"].shape == (3, 460, 620)
+
+
+def test_image_cache_gives_the_same_samples_without_reading_files_again(tmp_path: Path) -> None:
+    root = _train_set(tmp_path)
+    plain = build_dataset(root, split="train", crop=8, flip=True, seed=3)
+    cached = build_dataset(root, split="train", crop=8, flip=True, seed=3, cache=True)
+    want = {}
+    for epoch in range(3):
+        plain.set_epoch(epoch)
+        want.update({(epoch, i): plain[i]["hazy"].numpy() for i in range(len(plain))})
+    for epoch in range(3):
+        cached.set_epoch(epoch)
+        for i in range(len(cached)):
+            got = cached[i]["hazy"].numpy()
+            assert got.dtype == np.float32 and np.array_equal(got, want[(epoch, i)])
+        if epoch == 0:
+            for f in root.rglob("*.png"):
+                f.unlink()  # every later epoch must come from memory
+    assert all(v[0].dtype == np.uint8 for v in cached._cache.values())  # 8-bit sources kept as uint8
+    with pytest.raises(EdgehazeError):
+        plain.load_pair(0)  # the uncached dataset reads files, and they are gone

@@ -81,6 +81,8 @@ class DataConfig:
     crop/flip: training augmentation (random crop side, horizontal flip).
     val_limit: validate on the first N pairs only (None: all).
     procedural: if set and root holds no data, generate it there first.
+    cache_images: keep decoded training pairs in memory (uint8; pays with
+        ``workers: 0``, where each epoch after the first decodes nothing).
     """
 
     root: Optional[str] = None
@@ -96,6 +98,7 @@ class DataConfig:
     val_limit: Optional[int] = None
     skip_bad: bool = False
     procedural: Optional[ProceduralConfig] = None
+    cache_images: bool = False
 
 
 @dataclass

@@ -154,7 +154,8 @@ def build_train_set(cfg: DataConfig, seed: int) -> Any:
     if cfg.val_split == HOLDOUT:
         pairs.pairs = split_holdout(pairs.pairs, cfg.holdout_every)[0]
     try:
-        return PairedDataset(pairs, crop=cfg.crop, flip=cfg.flip, seed=seed, skip_bad=cfg.skip_bad)
+        return PairedDataset(pairs, crop=cfg.crop, flip=cfg.flip, seed=seed, skip_bad=cfg.skip_bad,
+                             cache=cfg.cache_images)
     except EdgehazeError as exc:
         raise EdgehazeError(f"data.root={cfg.root}: {exc}") from None
 
