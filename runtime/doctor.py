@@ -50,9 +50,10 @@ def dist_of(module: str) -> Optional[str]:
         from importlib import metadata
     except ImportError:  # pragma: no cover - Python < 3.8
         return None
-    try:
-        dists = metadata.packages_distributions().get(module) or []  # Python >= 3.10
-    except AttributeError:
+    by_module = getattr(metadata, "packages_distributions", None)  # Python >= 3.10; JetPack 5 has 3.8
+    if by_module is not None:
+        dists = by_module().get(module) or []
+    else:
         dists = [d.metadata["Name"] for d in metadata.distributions()
                  if module in (d.read_text("top_level.txt") or "").split()]
     return ", ".join(sorted(set(dists))) or None

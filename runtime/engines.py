@@ -230,7 +230,8 @@ def cuda_device(device_id: int = 0) -> Tuple[Tuple[int, int], str]:
             raise RuntimeError_(Status.BACKEND_UNAVAILABLE, f"CUDA device {device_id}: cannot query it ({err})")
         vals.append(int(value))
     err, props = cudart.cudaGetDeviceProperties(int(device_id))
-    name = props.name.decode(errors="replace").rstrip("\0") if int(err) == 0 else "?"
+    raw = props.name if int(err) == 0 else b"?"
+    name = (raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)).rstrip("\0")
     return (vals[0], vals[1]), name
 
 
