@@ -55,7 +55,8 @@ def dist_of(module: str) -> Optional[str]:
         dists = by_module().get(module) or []
     else:
         dists = [d.metadata["Name"] for d in metadata.distributions()
-                 if module in (d.read_text("top_level.txt") or "").split()]
+                 if module in (d.read_text("top_level.txt") or "").split()
+                 or any(f.parts and f.parts[0] == module for f in (d.files or []))]
     return ", ".join(sorted(set(dists))) or None
 
 
