@@ -63,15 +63,27 @@ def _dynamic_teacher_size(image01: torch.Tensor, input_size: int, patch: int) ->
     return constrain(s * h), constrain(s * w)
 
 
+def teacher_pixels(depth: nn.Module, image01: torch.Tensor) -> torch.Tensor:
+    """A DAv2-style teacher's normalised network input; while tracing, its
+    resize is computed from the traced image size (dynamic H x W graphs)."""
+    if not torch.jit.is_tracing():
+        return depth.preprocess(image01)
+    from edgehaze.models.depth.dav2 import PATCH
+
+    h, w = _dynamic_teacher_size(image01, depth.input_size, PATCH)
+    x = F.interpolate(image01.to(depth.mean.dtype), size=(h, w), mode="bicubic", align_corners=False)
+    return (x - depth.mean) / depth.std
+
+
 def depth_features(model: nn.Module, image01: torch.Tensor) -> List[torch.Tensor]:
-    """``model.depth``'s features, with the teacher's resize traced dynamically."""
+    """What ``model``'s fusion reads from its depth branch, with the teacher's
+    resize traced dynamically (the baseline modes trace theirs in
+    ``model.depth_features``)."""
+    if getattr(model, "fusion_mode", "gated") != "gated":
+        return list(model.depth_features(image01))
     depth = model.depth
     if hasattr(depth, "neck_features") and hasattr(depth, "input_size") and torch.jit.is_tracing():
-        from edgehaze.models.depth.dav2 import PATCH
-
-        h, w = _dynamic_teacher_size(image01, depth.input_size, PATCH)
-        x = F.interpolate(image01.to(depth.mean.dtype), size=(h, w), mode="bicubic", align_corners=False)
-        return list(depth.neck_features((x - depth.mean) / depth.std))
+        return list(depth.neck_features(teacher_pixels(depth, image01)))
     return list(depth.features(image01))
 
 
@@ -87,27 +99,31 @@ class FloatCore(nn.Module):
         super().__init__()
         self.model = model
         self.maps = has_correction_maps(model)
+        rounds = getattr(getattr(model, "fusion_cfg", None), "rounds", 1)
+        if self.maps and rounds > 1:
+            from edgehaze.errors import EdgehazeError
+
+            raise EdgehazeError(
+                f"fusion selfpromer with rounds={rounds} cannot be exported with backbone '{model.backbone.arch}': "
+                "each round needs the full-resolution apply step, which runs outside the core; "
+                "build the model with fusion {mode: selfpromer, rounds: 1}"
+            )
 
     def forward(self, image01: torch.Tensor, *depth_feats: torch.Tensor) -> torch.Tensor:
         m = self.model
         if m.depth is None:
             return m.backbone.correction_maps(image01) if self.maps else m.backbone(image01)
         if depth_feats:  # the used levels only, as the depth graph outputs them
-            feats: List[Optional[torch.Tensor]] = [None] * len(m.depth.feature_channels)
+            feats: List[Optional[torch.Tensor]] = [None] * len(_input_channels(m))
             for level, f in zip(used_levels(m), depth_feats):
                 feats[level] = f
+        elif not self.maps and getattr(m, "fusion_mode", "gated") != "gated":
+            return m(image01)  # the baselines trace their own depth maps (and selfpromer's rounds)
         else:
             feats = depth_features(m, image01)
         if not self.maps:
             return m(image01, depth_feats=feats)
-        blocks = m.fused_blocks()
-        try:
-            for block, level in zip(blocks, m.levels):
-                block.set_depth(feats[level])
-            return m.backbone.correction_maps(image01)
-        finally:
-            for block in blocks:
-                block.set_depth(None)
+        return m.run_with_depth(image01, feats, m.backbone.correction_maps)
 
 
 class FloatModel(nn.Module):
@@ -190,11 +206,20 @@ def depth_feature_specs(model: nn.Module) -> List[dict]:
     """The sidecar's ``depth_features``: ``depth_i`` is the i-th *used* level, finest first."""
     if model.depth is None:
         return []
-    d = model.depth
+    channels, strides = _input_channels(model), _input_strides(model)
     return [
-        {"name": f"depth_{i}", "channels": int(d.feature_channels[lv]), "stride": float(d.feature_strides[lv]), "level": lv}
+        {"name": f"depth_{i}", "channels": int(channels[lv]), "stride": float(strides[lv]), "level": lv}
         for i, lv in enumerate(used_levels(model))
     ]
+
+
+def _input_channels(model: nn.Module) -> List[int]:
+    """Channels per level of what the fusion reads (the provider's features, or a baseline's depth maps)."""
+    return list(getattr(model, "depth_input_channels", None) or model.depth.feature_channels)
+
+
+def _input_strides(model: nn.Module) -> List[float]:
+    return list(getattr(model, "depth_input_strides", None) or model.depth.feature_strides)
 
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:

@@ -10,14 +10,16 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="an edgehaze checkpoint")
     src.add_argument("--backbone", help="a backbone name (edge-s, dehazeformer-t, ...)")
-    p.add_argument("--depth", default=None, help="depth model name (tiny, dav2-l, student-s, ...)")
+    p.add_argument("--depth", default=None, help="depth model name (tiny, dav2-l, da3-mono-l, student-s, ...)")
     p.add_argument("--depth-weights", default=None, help="local weights of the depth model")
     p.add_argument(
         "--random-depth",
         action="store_true",
         help="count a teacher's architecture without its weights (random init; costs only)",
     )
-    p.add_argument("--fusion", default="full", help="fusion variant (full, cfe-dai, cfe-dai-asg, no-zc, ...)")
+    p.add_argument("--depth-input-size", type=int, default=None,
+                   help="teacher input side (multiple of 14; default 518): its cost depends on it")
+    p.add_argument("--fusion", default="full", help="fusion variant (full, lite, cfe-dai, cfe-dai-asg, no-zc, ...) or baseline mode (input-channel, selfpromer)")
     p.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"))
     p.add_argument("--json", dest="json_out", default=None, help="also write the numbers to this JSON file")
     p.set_defaults(func=run)
@@ -29,16 +31,26 @@ def run(args: argparse.Namespace) -> int:
     from edgehaze.models.dehazer import build_dehazer
     from edgehaze.models.report import format_report, model_report
 
+    from edgehaze.errors import EdgehazeError
+
     if args.checkpoint:
+        if args.random_depth or args.depth_input_size:
+            raise EdgehazeError(f"{args.checkpoint}: --random-depth and --depth-input-size build a model by name; "
+                                "drop them with --checkpoint (it rebuilds the model it holds)")
         model, _ = load_dehazer(args.checkpoint, depth_weights=args.depth_weights)
     else:
-        depth_kwargs = {"random_init": True} if args.random_depth else None
+        if args.random_depth and (args.depth is None or args.depth_weights):
+            raise EdgehazeError("--random-depth counts a --depth teacher without weights: pass --depth NAME "
+                                "and drop --depth-weights")
+        depth_kwargs = {"random_init": True} if args.random_depth else {}
+        if args.depth_input_size:
+            depth_kwargs["input_size"] = args.depth_input_size
         model = build_dehazer(
             backbone=args.backbone,
             depth=args.depth,
             depth_weights=args.depth_weights,
             fusion=args.fusion,
-            depth_kwargs=depth_kwargs,
+            depth_kwargs=depth_kwargs or None,
         )
     report = model_report(model, *args.size)
     print(format_report(report))

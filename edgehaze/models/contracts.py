@@ -7,6 +7,12 @@ refine, by dotted module name, with the channel count and the stride of that
 output relative to the input image. Fusion is plugged in from outside by
 wrapping those sub-modules, so no backbone file knows about depth.
 
+Backbones also declare their *input points* (:meth:`Backbone.input_points`):
+the convolutions that read the image itself, and how the image reaches each
+(:meth:`Backbone.input_view`: padding, value range, downscaled copies). The
+depth-as-input baseline (``fusion: input-channel``) extends exactly those
+convolutions with one more input channel.
+
 *Depth providers* (frozen teachers such as Depth Anything V2, or trainable
 student encoders) take the same [0, 1] image and return multi-scale feature
 maps, finest first, with their channel counts and nominal strides declared.
@@ -39,6 +45,21 @@ class FusionPoint:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class InputPoint:
+    """A convolution that reads the image (3 input channels).
+
+    name: dotted name of the ``nn.Conv2d`` (or subclass) inside the backbone.
+    The geometry and value range of the image as that conv sees it are
+    given by :meth:`Backbone.input_view`.
+    """
+
+    name: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 class Backbone(nn.Module):
     """Base class for RGB dehazing backbones (see module docstring)."""
 
@@ -47,6 +68,21 @@ class Backbone(nn.Module):
 
     def fusion_points(self) -> List[FusionPoint]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def input_points(self) -> List[InputPoint]:
+        """The convolutions that read the image (for ``fusion: input-channel``)."""
+        from edgehaze.errors import ConfigError
+
+        raise ConfigError(
+            f"backbone '{self.arch}' declares no input points, so fusion 'input-channel' cannot extend its "
+            "first layer; pick another fusion (model.fusion) or backbone"
+        )
+
+    def input_view(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (B x C x H x W, aligned with the [0, 1] input image) as the
+        input point ``name`` sees the image: the same padding, resampling and
+        value mapping, so an extra channel stays aligned with the RGB ones."""
+        raise NotImplementedError(f"backbone '{self.arch}' has no input point '{name}'")
 
     def build_kwargs(self) -> dict:
         """Keyword arguments that rebuild this backbone with its factory."""

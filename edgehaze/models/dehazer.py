@@ -6,6 +6,12 @@ a :class:`~edgehaze.models.fusion.FusedBlock` wrapping it. Before the
 backbone runs, each fused block is handed the depth feature map whose stride
 is closest to its own. With both zero-convolutions on, the output at
 initialisation equals the bare backbone's output exactly, for any H x W.
+
+The two baselines of :mod:`edgehaze.models.fusion_modes` plug in the same
+way: ``fusion: input-channel`` wraps the backbone's input points (the convs
+that read the image) and hands them the normalised depth map;
+``fusion: selfpromer`` wraps fusion points with prompt blocks fed the hazy
+and clear depth maps. Both also start equal to the bare backbone.
 """
 from __future__ import annotations
 
@@ -15,8 +21,21 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from edgehaze.models.contracts import Backbone, DepthProvider, FusionPoint
-from edgehaze.models.fusion import FusedBlock, FusionConfig, resolve_fusion
+import torch.nn.functional as F
+
+from edgehaze.models.contracts import Backbone, DepthProvider, FusionPoint, InputPoint
+from edgehaze.models.fusion import FusedBlock, FusionConfig
+from edgehaze.models.fusion_modes import (
+    GATED,
+    INPUT_CHANNEL,
+    SELFPROMER,
+    check_depth_map_provider,
+    max_normalised,
+    minmax_normalised,
+    mode_of,
+    resolve_fusion_mode,
+    teacher_depth,
+)
 from edgehaze.models.registries import BACKBONES, DEPTH_MODELS
 
 
@@ -39,8 +58,10 @@ class DepthGuidedDehazer(nn.Module):
     backbone: any :class:`Backbone`.
     depth: a :class:`DepthProvider` (teacher or student), or None for the
         bare backbone.
-    fusion: variant name / options dict / :class:`FusionConfig`.
-    points: names of the fusion points to use (default: all declared).
+    fusion: variant name / options dict / :class:`FusionConfig`, or a
+        baseline mode (``input-channel``, ``selfpromer``, or a dict with ``mode:``).
+    points: names of the fusion points to use (default: all declared; for
+        input-channel the input points; for selfpromer the first coarsest).
     """
 
     def __init__(
@@ -53,44 +74,100 @@ class DepthGuidedDehazer(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.depth = depth
-        self.fusion_cfg = resolve_fusion(fusion)
-        declared: Dict[str, FusionPoint] = {p.name: p for p in backbone.fusion_points()}
+        self.fusion_cfg = resolve_fusion_mode(fusion)
+        self.fusion_mode = mode_of(self.fusion_cfg)
+        self.points: List[Union[FusionPoint, InputPoint]] = []
+        self.levels: List[int] = []
+        self.fused: nn.ModuleDict = nn.ModuleDict()
+        #: channels / nominal strides of what depth_features() returns (per level)
+        self.depth_input_channels: List[int] = []
+        self.depth_input_strides: List[float] = []
+        chosen = self._chosen_points(points) if (points is not None or depth is not None) else []
+        if depth is None:
+            return
+        self.points = chosen
+        if self.fusion_mode == GATED:
+            self.depth_input_channels = list(depth.feature_channels)
+            self.depth_input_strides = [float(s) for s in depth.feature_strides]
+        else:
+            check_depth_map_provider(depth, self.fusion_mode)
+            self.depth_input_channels = [1 if self.fusion_mode == INPUT_CHANNEL else 2]
+            self.depth_input_strides = [1.0]
+        for point in self.points:
+            parent, attr = _split_parent(backbone, point.name)
+            level = 0 if self.fusion_mode != GATED else nearest_level(point.stride, depth.feature_strides)
+            setattr(parent, attr, self._wrap(getattr(parent, attr), point, level))
+            self.levels.append(level)
+        # Keep handles without registering the blocks twice in the state dict.
+        self._blocks = [_split_parent(backbone, p.name) for p in self.points]
+
+    def _chosen_points(self, points: Optional[Sequence[str]]) -> List[Union[FusionPoint, InputPoint]]:
+        """The declared points this mode uses: all by default (selfpromer: the
+        first at the coarsest stride, where the official code prompts)."""
+        backbone = self.backbone
+        kind = "input point" if self.fusion_mode == INPUT_CHANNEL else "fusion point"
+        listed = backbone.input_points() if self.fusion_mode == INPUT_CHANNEL else backbone.fusion_points()
+        declared: Dict[str, Union[FusionPoint, InputPoint]] = {p.name: p for p in listed}
         if points is None:
-            points = list(declared)
+            if self.fusion_mode == SELFPROMER:
+                coarsest = max(p.stride for p in listed)
+                return [next(p for p in listed if p.stride == coarsest)]
+            return list(listed)
         unknown = [p for p in points if p not in declared]
         if unknown:
             from edgehaze.errors import ConfigError
 
             raise ConfigError(
-                f"unknown fusion point(s) {unknown} for backbone '{backbone.arch}'; "
-                f"declared: {list(declared)}"
+                f"unknown {kind}(s) {unknown} for backbone '{backbone.arch}' with fusion '{self.fusion_mode}' "
+                f"(model.points); declared: {list(declared)}"
             )
-        self.points: List[FusionPoint] = [declared[p] for p in points] if depth is not None else []
-        self.levels: List[int] = []
-        self.fused: nn.ModuleDict = nn.ModuleDict()
-        if depth is None:
-            return
-        for point in self.points:
-            level = nearest_level(point.stride, depth.feature_strides)
-            parent, attr = _split_parent(backbone, point.name)
-            block = FusedBlock(getattr(parent, attr), point.channels, depth.feature_channels[level], self.fusion_cfg)
-            setattr(parent, attr, block)
-            self.levels.append(level)
-        # Keep handles without registering the blocks twice in the state dict.
-        self._blocks = [_split_parent(backbone, p.name) for p in self.points]
+        return [declared[p] for p in points]
+
+    def _wrap(self, module: nn.Module, point: Union[FusionPoint, InputPoint], level: int) -> nn.Module:
+        if self.fusion_mode == INPUT_CHANNEL:
+            from edgehaze.models.fusion_input import InputChannelBlock
+
+            return InputChannelBlock(module)
+        if self.fusion_mode == SELFPROMER:
+            from edgehaze.models.fusion_prompt import PromptFusedBlock
+
+            return PromptFusedBlock(module, point.channels, point.stride, self.fusion_cfg)
+        return FusedBlock(module, point.channels, self.depth.feature_channels[level], self.fusion_cfg)
 
     # -- helpers -------------------------------------------------------------
     def fused_blocks(self) -> List[FusedBlock]:
         return [getattr(parent, attr) for parent, attr in getattr(self, "_blocks", [])]
 
-    def depth_features(self, image: torch.Tensor) -> List[torch.Tensor]:
-        """The depth provider's multi-scale features for ``image`` ([0, 1])."""
+    def depth_features(self, image: torch.Tensor, reference: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+        """What the fusion reads from the depth provider for ``image`` ([0, 1]).
+
+        gated: the provider's multi-scale features. input-channel: the
+        teacher's depth map, min-max normalised (B x 1 x H x W). selfpromer:
+        the depth maps of ``image`` and of a clear image (B x 2 x H x W):
+        ``reference`` (the ground truth, in training) or, without one, this
+        model's own prompt-free output (the official self-prompt inference).
+        """
         if self.depth is None:
             return []
+        if self.fusion_mode == INPUT_CHANNEL:
+            return [minmax_normalised(teacher_depth(self.depth, image))]
+        if self.fusion_mode == SELFPROMER:
+            if reference is None:
+                with torch.no_grad():
+                    reference = self.backbone(image)  # fused blocks unset: the bare backbone
+            b = image.shape[0]
+            pair = torch.cat([image, reference.detach()]).clamp(0.0, 1.0)
+            d = max_normalised(teacher_depth(self.depth, pair))
+            return [torch.cat([d[:b], d[b:]], dim=1)]
         if not self.depth.trainable:
             with torch.no_grad():
                 return [f.detach() for f in self.depth.features(image)]
         return self.depth.features(image)
+
+    @property
+    def uses_reference_depth(self) -> bool:
+        """True when training should pass the clear image to :meth:`depth_features`."""
+        return self.depth is not None and self.fusion_mode == SELFPROMER
 
     def set_keep_fused_outputs(self, keep: bool) -> None:
         """Record each fused block's output (for feature distillation)."""
@@ -107,18 +184,38 @@ class DepthGuidedDehazer(nn.Module):
 
         ``depth_feats`` lets a caller supply cached depth features (the
         two-graph export, streams that refresh depth every N frames).
+        selfpromer without them runs its ``rounds`` of self-prompting.
         """
         if self.depth is None:
             return self.backbone(image)
-        feats = self.depth_features(image) if depth_feats is None else depth_feats
+        if depth_feats is not None:
+            return self.run_with_depth(image, depth_feats, self.backbone)
+        rounds = self.fusion_cfg.rounds if self.fusion_mode == SELFPROMER else 1
+        out = image
+        for _ in range(rounds):
+            out = self.run_with_depth(out, self.depth_features(out), self.backbone)
+        return out
+
+    def run_with_depth(self, image: torch.Tensor, feats: Sequence[Optional[torch.Tensor]], fn) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        """``fn(image)`` (the backbone, or one of its methods) with every fused
+        block handed its depth input from ``feats``; the blocks are cleared after."""
         blocks = self.fused_blocks()
         try:
-            for block, level in zip(blocks, self.levels):
-                block.set_depth(feats[level])
-            return self.backbone(image)
+            for block, level, point in zip(blocks, self.levels, self.points):
+                block.set_depth(self._block_depth(point, feats[level], image))
+            return fn(image)
         finally:
             for block in blocks:
                 block.set_depth(None)
+
+    def _block_depth(self, point: Union[FusionPoint, InputPoint], feat: Optional[torch.Tensor],
+                     image: torch.Tensor) -> Optional[torch.Tensor]:
+        """input-channel: the map at the image's size, as the input point sees the image."""
+        if self.fusion_mode != INPUT_CHANNEL or feat is None:
+            return feat
+        # Always resized (an exact identity at equal size): traced graphs keep it for every size.
+        feat = F.interpolate(feat, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        return self.backbone.input_view(point.name, feat)
 
     # -- description ---------------------------------------------------------
     def build_args(self, depth_weights: Optional[str] = None) -> dict:

@@ -8,7 +8,10 @@ its fusion modules (Table 1), the depth model counted separately (Table 8:
 * backbone: the bare RGB network (fused blocks bypassed),
 * depth: the depth provider (teacher or student) on its own,
 * fusion: Z1 + RDF + Z2 of every fusion point (params), and the FLOPs the
-  fused forward adds over the bare backbone when the depth features are given.
+  fused forward adds over the bare backbone and the depth passes (for the
+  baselines of :mod:`edgehaze.models.fusion_modes`: the zero-initialised
+  input extension; SelfPromer's encoder, prompt blocks and its prompt-free
+  first pass).
 
 FLOPs come from ``torch.utils.flop_counter`` (2 per multiply-add; element-wise
 ops not counted), via :mod:`edgehaze.metrics.cost`.
@@ -31,6 +34,23 @@ def fusion_params(model: DepthGuidedDehazer) -> int:
     return total
 
 
+def depth_flops(model: DepthGuidedDehazer, x: torch.Tensor) -> int:
+    """FLOPs of the depth model's own passes in one forward of ``model``.
+
+    gated: the provider's features of the image; input-channel: the teacher's
+    depth map of it; selfpromer: the teacher's depth maps of the image and
+    of the clear estimate, once per round (the estimate's own backbone pass
+    is counted with the fusion: it exists only because of the prompt)."""
+    from edgehaze.models.fusion_modes import INPUT_CHANNEL, SELFPROMER, teacher_depth
+
+    mode = getattr(model, "fusion_mode", "gated")
+    if mode == INPUT_CHANNEL:
+        return count_flops(lambda t: teacher_depth(model.depth, t), x)
+    if mode == SELFPROMER:
+        return model.fusion_cfg.rounds * count_flops(lambda t: teacher_depth(model.depth, t), torch.cat([x, x]))
+    return count_flops(model.depth, x)  # DepthProvider.forward = features
+
+
 def model_report(model: DepthGuidedDehazer, height: int, width: int) -> Dict[str, Dict[str, float]]:
     """Params and FLOPs of backbone, depth branch and fusion at ``height x width``."""
     x = torch.rand(1, 3, height, width)
@@ -46,10 +66,8 @@ def model_report(model: DepthGuidedDehazer, height: int, width: int) -> Dict[str
         depth_f = 0
         fused_f = backbone_f
         if model.depth is not None:
-            depth_f = count_flops(model.depth, x)  # DepthProvider.forward = features
-            with torch.no_grad():
-                feats = model.depth_features(x)
-            fused_f = count_flops(model, x, depth_feats=feats)
+            depth_f = depth_flops(model, x)
+            fused_f = count_flops(model, x) - depth_f
     finally:
         model.train(was_training)
     return {

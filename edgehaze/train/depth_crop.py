@@ -106,12 +106,20 @@ class FullImageDepth:
         self.cache = cache
 
     def full_features(self, model: nn.Module, index: int, device: torch.device) -> List[torch.Tensor]:
-        if self.cache is not None:
-            return self.cache.features(model, {"hazy": self._full(index, device), "index": [index]})
-        return model.depth_features(self._full(index, device))
+        from edgehaze.train.teacher import reference_depth_kwargs
 
-    def _full(self, index: int, device: torch.device) -> torch.Tensor:
-        return self.dataset.base[index]["hazy"][None].to(device)
+        whole = self._full(index, device)
+        if self.cache is not None:
+            return self.cache.features(model, {**whole, "index": [index]})
+        return model.depth_features(whole["hazy"], **reference_depth_kwargs(model, whole))
+
+    def _full(self, index: int, device: torch.device) -> Dict[str, Any]:
+        """The whole pair (hazy, and gt when there is one) as a batch of one."""
+        sample = self.dataset.base[index]
+        out = {"hazy": sample["hazy"][None].to(device)}
+        if sample.get("gt") is not None:
+            out["gt"] = sample["gt"][None].to(device)
+        return out
 
     def features(self, model: nn.Module, batch: Dict[str, Any]) -> List[torch.Tensor]:
         device = batch["hazy"].device

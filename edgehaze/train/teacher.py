@@ -159,9 +159,11 @@ def train_mode_keeping_frozen_norms(model: nn.Module) -> None:
 class DepthFeatureCache:
     """Teacher features per training image on disk (see module docstring)."""
 
-    def __init__(self, root: Path, provider: Any, dataset: Any) -> None:
+    def __init__(self, root: Path, provider: Any, dataset: Any, mode: str = "gated") -> None:
         kwargs = {k: v for k, v in provider.build_kwargs().items()}
-        self.teacher_key = json.dumps({"id": provider.model_id, **kwargs}, sort_keys=True, default=str)
+        # the baseline fusion modes store depth maps, not features: never the same files
+        extra = {} if mode == "gated" else {"fusion_mode": mode}
+        self.teacher_key = json.dumps({"id": provider.model_id, **kwargs, **extra}, sort_keys=True, default=str)
         tag = hashlib.sha1(self.teacher_key.encode()).hexdigest()[:10]
         self.dir = Path(root) / f"{provider.model_id}-{kwargs.get('input_size', 'na')}-{tag}"
         self.dataset = dataset
@@ -195,7 +197,7 @@ class DepthFeatureCache:
                 missing.append(j)
         if missing:
             self.misses += len(missing)
-            feats = model.depth_features(hazy[missing])
+            feats = model.depth_features(hazy[missing], **reference_depth_kwargs(model, batch, missing))
             for row, j in enumerate(missing):
                 levels = [f[row].detach().to(torch.float16).cpu().contiguous() for f in feats]
                 per_image[j] = levels
@@ -208,6 +210,15 @@ class DepthFeatureCache:
         ]
 
 
+def reference_depth_kwargs(model: nn.Module, batch: Dict[str, Any], rows: Optional[List[int]] = None) -> Dict[str, Any]:
+    """``{"reference": gt}`` for a model whose depth input needs the clear image
+    in training (fusion selfpromer: the depth of the ground truth), else ``{}``."""
+    if not getattr(model, "uses_reference_depth", False) or batch.get("gt") is None:
+        return {}
+    gt = batch["gt"]
+    return {"reference": gt if rows is None else gt[rows]}
+
+
 # ---------------------------------------------------------------- step / validation
 def make_step_fn(loss_fn: RestorationLoss, cache: Optional[DepthFeatureCache] = None):  # type: ignore[no-untyped-def]
     """The teacher's micro-batch step: dehaze the hazy batch, loss against GT."""
@@ -217,6 +228,8 @@ def make_step_fn(loss_fn: RestorationLoss, cache: Optional[DepthFeatureCache] = 
         if cache is not None and getattr(unwrap(net), "depth", None) is not None:
             feats = cache.features(unwrap(net), batch)
             pred = net(hazy, depth_feats=feats)
+        elif getattr(unwrap(net), "uses_reference_depth", False):
+            pred = net(hazy, depth_feats=unwrap(net).depth_features(hazy, reference=gt))
         else:
             pred = net(hazy)
         return loss_fn(pred, gt)
@@ -360,7 +373,7 @@ def _run(cfg: TrainConfig, resume: bool, ctx: DistContext) -> Dict[str, StageRes
                 params = fusion_param_groups(model, params, stage_cfg.fusion_lr_scale)
             frozen = model.depth is not None and not model.depth.trainable
             if cfg.train.depth_cache and frozen:
-                cache = DepthFeatureCache(run_dir / "depth_cache", model.depth, train_set)
+                cache = DepthFeatureCache(run_dir / "depth_cache", model.depth, train_set, mode=model.fusion_mode)
             if full_image_depth and frozen:
                 from edgehaze.train.depth_crop import FullImageDepth
 

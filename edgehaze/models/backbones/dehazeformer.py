@@ -48,7 +48,7 @@ from torch.nn.init import _calculate_fan_in_and_fan_out
 from edgehaze.errors import CheckpointError
 from edgehaze.models.backbones.official_io import WEIGHTS_OPTION as _WEIGHTS_OPTION
 from edgehaze.models.backbones.official_io import read_official_state
-from edgehaze.models.contracts import Backbone, FusionPoint
+from edgehaze.models.contracts import Backbone, FusionPoint, InputPoint
 from edgehaze.models.registries import BACKBONES
 
 #: image side multiple the network works on (two stride-2 merges)
@@ -494,6 +494,18 @@ class DehazeFormer(Backbone):
             FusionPoint(name=f"layer{i + 1}", channels=self.embed_dims[i], stride=STAGE_STRIDES[i])
             for i in range(5)
         ]
+
+    def input_points(self) -> List[InputPoint]:
+        """The 3x3 patch embedding, the one layer that reads the image."""
+        return [InputPoint("patch_embed.proj")]
+
+    def input_view(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """As the patch embedding sees the image: mapped to [-1, 1], reflect-padded to a multiple of 4."""
+        if name != "patch_embed.proj":
+            return super().input_view(name, x)
+        h, w = x.shape[-2:]
+        p = self.patch_size
+        return reflect_pad(x * 2 - 1, 0, (p - w % p) % p, 0, (p - h % p) % p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[0, 1] image -> raw (unclamped) [0, 1]-range restored image, same size."""

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgehaze.models.contracts import Backbone, FusionPoint
+from edgehaze.models.contracts import Backbone, FusionPoint, InputPoint
 from edgehaze.models.registries import BACKBONES
 
 
@@ -183,6 +183,16 @@ class EdgeDehazer(Backbone):
             FusionPoint("stage1", self.widths[0], float(self.scale)),
             FusionPoint("stage2", self.widths[1], float(2 * self.scale)),
         ]
+
+    def input_points(self) -> List[InputPoint]:
+        """The stem's conv, the one layer that reads the (pooled) frame."""
+        return [InputPoint("stem.0")]
+
+    def input_view(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """As the stem sees the frame: average-pooled by ``scale`` (:func:`pool_frame`)."""
+        if name != "stem.0":
+            return super().input_view(name, x)
+        return pool_frame(x, self.scale)
 
     def correction_maps(self, x: torch.Tensor) -> torch.Tensor:
         """Low-resolution maps (B x 6 x H/scale x W/scale): gain K, offset B."""

@@ -38,7 +38,7 @@ from torchvision.ops import DeformConv2d
 
 from edgehaze.models.backbones.dehazeformer import reflect_pad
 from edgehaze.models.backbones.official_io import load_strict, read_official_state
-from edgehaze.models.contracts import Backbone, FusionPoint
+from edgehaze.models.contracts import Backbone, FusionPoint, InputPoint
 from edgehaze.models.registries import BACKBONES
 
 PAD_MULTIPLE = 8
@@ -330,6 +330,18 @@ class MBTaylorFormer(Backbone):
                  ("latent", d[3], 8), ("decoder_level3", d[2], 4), ("decoder_level2", d[1], 2),
                  ("decoder_level1", d[1], 1), ("refinement", d[1], 1)]
         return [FusionPoint(n, c, s) for n, c, s in names]
+
+    def input_points(self) -> List[InputPoint]:
+        """The overlapping 3x3 patch embedding, the one layer that reads the image."""
+        return [InputPoint("patch_embed.proj")]
+
+    def input_view(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """As the patch embedding sees the image: reflect-padded to a multiple of 8."""
+        if name != "patch_embed.proj":
+            return super().input_view(name, x)
+        h, w = x.shape[-2:]
+        m = PAD_MULTIPLE
+        return reflect_pad(x, 0, (m - w % m) % m, 0, (m - h % m) % m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[0, 1] image -> raw (unclamped) restored image, same size (official test procedure)."""

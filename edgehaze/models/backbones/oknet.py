@@ -35,7 +35,7 @@ from torch import nn
 
 from edgehaze.models.backbones.dehazeformer import reflect_pad
 from edgehaze.models.backbones.official_io import load_strict, read_official_state
-from edgehaze.models.contracts import Backbone, FusionPoint
+from edgehaze.models.contracts import Backbone, FusionPoint, InputPoint
 from edgehaze.models.registries import BACKBONES
 
 #: image side multiple the network needs (two stride-2 downsamplings)
@@ -43,6 +43,8 @@ PAD_MULTIPLE = 4
 BASE_CHANNELS = 32
 #: width of the omni-kernel's large depth-wise kernels
 OMNI_KERNEL = 63
+#: convolutions that read the image -> how many times the image is halved before them
+_INPUT_SCALES = {"feat_extract.0.main.0": 0, "SCM2.main.0.main.0": 1, "SCM1.main.0.main.0": 2}
 
 
 class BasicConv(nn.Module):
@@ -193,6 +195,21 @@ class OKNet(Backbone):
             FusionPoint("Encoder.0", c[0], 1), FusionPoint("Encoder.1", c[1], 2), FusionPoint("Encoder.2", c[2], 4),
             FusionPoint("Decoder.0", c[2], 4), FusionPoint("Decoder.1", c[1], 2), FusionPoint("Decoder.2", c[0], 1),
         ]
+
+    def input_points(self) -> List[InputPoint]:
+        """The first conv of the full-resolution stem and of the two SCMs (1/2, 1/4 copies)."""
+        return [InputPoint(n) for n in _INPUT_SCALES]
+
+    def input_view(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Padded to a multiple of 4, then nearest-downscaled as ``forward_official`` does for the SCMs."""
+        if name not in _INPUT_SCALES:
+            return super().input_view(name, x)
+        h, w = x.shape[-2:]
+        m = PAD_MULTIPLE
+        x = reflect_pad(x, 0, (m - w % m) % m, 0, (m - h % m) % m)
+        for _ in range(_INPUT_SCALES[name]):
+            x = F.interpolate(x, scale_factor=0.5)
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[0, 1] image -> raw (unclamped) restored image, same size (official test procedure)."""
