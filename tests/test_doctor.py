@@ -66,3 +66,13 @@ def test_cameras_are_listed_with_their_driver_names(tmp_path):
     got = cameras(str(tmp_path / "dev" / "video*"), str(tmp_path / "sys"))
     assert [g.split("/")[-1] for g in got] == ["video0 (cam 0)", "video2 (cam 2)", "video10 (cam 10)"]
     assert cameras(str(tmp_path / "none*")) == []
+
+
+def test_package_of_a_module_also_on_python_38(monkeypatch):
+    from importlib import metadata
+
+    from runtime.doctor import dist_of
+
+    assert dist_of("numpy") == "numpy" and dist_of("no_such_module_here") is None
+    monkeypatch.delattr(metadata, "packages_distributions", raising=False)  # as on JetPack 5's Python 3.8
+    assert dist_of("numpy") == "numpy" and dist_of("onnxruntime") == "onnxruntime"
