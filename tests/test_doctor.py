@@ -31,7 +31,7 @@ OLD_INFO = """
 
 def test_doctor_runs_here_without_torch_and_warns_about_the_cpu():
     code = BLOCK_TORCH + f"sys.argv = ['stream.py', '--doctor']; runpy.run_path({str(REPO / 'runtime' / 'stream.py')!r}, run_name='__main__')"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     out = r.stdout
     for words in ("Python ", "OpenCV ", "GStreamer", "GUI", "onnxruntime ", "providers", "TensorRT",
