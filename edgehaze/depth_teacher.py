@@ -49,26 +49,54 @@ def _resize(scene: Any, size: Tuple[int, int]) -> Dict[str, np.ndarray]:
     return {"clear": clear.astype(np.float32), "depth": depth.astype(np.float32), "valid": valid}
 
 
-def real_depth_scenes(shared: "str | Path", size: Tuple[int, int] = SIZE) -> Dict[str, List[Dict[str, np.ndarray]]]:
-    """``{"train", "val", "test"}`` resized scenes from ``shared/data`` (SOTS-indoor + FRIDA2)."""
-    from edgehaze.data.rgbd import FRIDA2_TEST_EVERY, load_frida2_scenes, load_pair_scenes, scene_split
+#: training sources a data folder may hold (at least one)
+TRAIN_SOURCES = ("sots_indoor_train", "frida2")
 
-    data = Path(shared) / "data"
-    need = [data / "sots_indoor_train", data / "sots_indoor", data / "frida2"]
-    missing = [str(p) for p in need if not p.is_dir()]
-    if missing:
-        raise EdgehazeError(f"--shared {shared}: missing {missing[0]} (set EDGEHAZE_SHARED to the shared folder)")
+
+def data_folder(path: "str | Path") -> Path:
+    """The data folder (holding ``sots_indoor_train/`` and/or ``frida2/``) given it or the folder above it.
+
+    ``--shared`` names the folder above ``data/``; the demo passes the data
+    folder itself. Both are accepted so neither caller has to know the other.
+    """
+    path = Path(path)
+    if not any((path / s).is_dir() for s in TRAIN_SOURCES) and (path / "data").is_dir():
+        return path / "data"
+    return path
+
+
+def real_depth_scenes(data: "str | Path", size: Tuple[int, int] = SIZE,
+                      val_every: Optional[int] = None) -> Dict[str, List[Dict[str, np.ndarray]]]:
+    """``{"train", "val", "test", ...}`` resized scenes of a data folder (SOTS-indoor pairs and/or FRIDA2).
+
+    ``data``: the data folder or the folder above it (:func:`data_folder`).
+    A missing ``sots_indoor/`` (test set) leaves its test part empty;
+    ``val_every``: every K-th remaining scene validates (default
+    :data:`edgehaze.data.rgbd.VAL_EVERY`, the split ``edgehaze synth`` writes).
+    """
+    from edgehaze.data.rgbd import FRIDA2_TEST_EVERY, VAL_EVERY, load_frida2_scenes, load_pair_scenes, scene_split
+
+    data = data_folder(data)
+    val_every = VAL_EVERY if val_every is None else int(val_every)
+    if not any((data / s).is_dir() for s in TRAIN_SOURCES):
+        raise EdgehazeError(f"{data}: holds neither {TRAIN_SOURCES[0]}/ nor {TRAIN_SOURCES[1]}/ (pass the shared "
+                            "folder or its data/ folder: --shared, --data or EDGEHAZE_SHARED)")
     out: Dict[str, List[Dict[str, np.ndarray]]] = {"train": [], "val": [], "test": [], "test_sots_indoor": [], "test_frida2": []}
-    sots_train = {s.name: s for s in load_pair_scenes(data / "sots_indoor_train")}
-    split = scene_split(list(sots_train), test_every=0)  # train + val only; its test scenes live elsewhere
-    for part in ("train", "val"):
-        out[part] += [_resize(sots_train[n], size) for n in split[part]]
-    out["test_sots_indoor"] = [_resize(s, size) for s in load_pair_scenes(data / "sots_indoor")]  # TEST ONLY
-    frida = {s.name: s for s in load_frida2_scenes(data / "frida2")}
-    split = scene_split(list(frida), test_every=FRIDA2_TEST_EVERY)
-    for part in ("train", "val"):
-        out[part] += [_resize(frida[n], size) for n in split[part]]
-    out["test_frida2"] = [_resize(frida[n], size) for n in split["test"]]
+    if (data / "sots_indoor_train").is_dir():
+        sots_train = {s.name: s for s in load_pair_scenes(data / "sots_indoor_train")}
+        split = scene_split(list(sots_train), test_every=0, val_every=val_every)  # its test scenes live elsewhere
+        for part in ("train", "val"):
+            out[part] += [_resize(sots_train[n], size) for n in split[part]]
+    if (data / "sots_indoor").is_dir():
+        out["test_sots_indoor"] = [_resize(s, size) for s in load_pair_scenes(data / "sots_indoor")]  # TEST ONLY
+    if (data / "frida2").is_dir():
+        frida = {s.name: s for s in load_frida2_scenes(data / "frida2")}
+        split = scene_split(list(frida), test_every=FRIDA2_TEST_EVERY, val_every=val_every)
+        for part in ("train", "val"):
+            out[part] += [_resize(frida[n], size) for n in split[part]]
+        out["test_frida2"] = [_resize(frida[n], size) for n in split["test"]]
+    if not out["train"]:
+        raise EdgehazeError(f"{data}: no training scenes for the depth teacher (every scene is val or test)")
     out["test"] = out["test_sots_indoor"] + out["test_frida2"]
     return out
 
@@ -119,7 +147,9 @@ def aligned_metrics(pred_inv: torch.Tensor, gt_inv: torch.Tensor, valid: torch.T
 
 @torch.no_grad()
 def evaluate(teacher: Any, scenes: Sequence[Dict[str, np.ndarray]]) -> Dict[str, float]:
-    """Mean :func:`aligned_metrics` on the clear images of ``scenes``."""
+    """Mean :func:`aligned_metrics` on the clear images of ``scenes`` (``{"images": 0}`` for none)."""
+    if not scenes:
+        return {"images": 0}
     batch = _stack(scenes)
     rows = []
     for i in range(len(scenes)):
@@ -141,16 +171,19 @@ EVAL_PARTS = ("val", "test_sots_indoor", "test_frida2", "test")
 
 
 def train_real_teacher(
-    shared: "str | Path", out: "str | Path", steps: int = 400, batch_size: int = 8, lr: float = 2e-3,
-    input_size: int = 98, seed: int = 0, log_every: int = 50,
+    data: "str | Path", out: "str | Path", steps: int = 400, batch_size: int = 8, lr: float = 2e-3,
+    input_size: int = 98, seed: int = 0, log_every: int = 50, val_every: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Train the ``tiny`` Depth Anything network on real RGB-D; save it as an HF folder at ``out``.
 
-    Returns the untrained and trained metrics on the val and test scenes, the losses and the time.
+    ``data``: the data folder or the folder above it; ``val_every`` as in
+    :func:`real_depth_scenes`. Returns the untrained and trained metrics on
+    the val and test scenes (a part with no scenes: ``{"images": 0}``), the
+    losses and the time.
     """
     from edgehaze.models.dehazer import build_depth
 
-    scenes = real_depth_scenes(shared)
+    scenes = real_depth_scenes(data, val_every=val_every)
     train = _stack(scenes["train"])
     n = train["clear"].shape[0]
     torch.manual_seed(seed)
@@ -198,7 +231,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import os
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shared", default=os.environ.get("EDGEHAZE_SHARED"), help="the shared folder (holds data/)")
+    ap.add_argument("--shared", default=os.environ.get("EDGEHAZE_SHARED"),
+                    help="the shared folder (holds data/), or a data folder itself")
     ap.add_argument("--out", required=True, help="output HF model folder (loads as depth=tiny, depth_weights=OUT)")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--batch-size", type=int, default=8)
