@@ -54,9 +54,9 @@ def dist_of(module: str) -> Optional[str]:
     if by_module is not None:
         dists = by_module().get(module) or []
     else:
-        dists = [d.metadata["Name"] for d in metadata.distributions()
+        dists = [d.metadata["Name"] for d in metadata.distributions()  # RECORD as text: parsing it is slow
                  if module in (d.read_text("top_level.txt") or "").split()
-                 or any(f.parts and f.parts[0] == module for f in (d.files or []))]
+                 or f"\n{module}/" in "\n" + (d.read_text("RECORD") or "")]
     return ", ".join(sorted(set(dists))) or None
 
 
