@@ -108,7 +108,7 @@ class OrtBackend:
         self._trt_cache_dir = Path(trt_cache_dir) if trt_cache_dir else artifact.folder / "trt_cache"
         self.artifact = artifact
         self._run_options = ort.RunOptions()
-        # which provider runs each node: ONNX Runtime >= 1.23 records it when asked
+        # which provider runs each node: ONNX Runtime >= 1.24 records it when asked
         # (session.record_ep_graph_assignment_info); older ones tell it in a profiled run (GPU providers only)
         self._assignment_api = has_assignment_api(ort)
         self._profile_dir = None
@@ -324,7 +324,7 @@ class OrtBackend:
 
 
 def has_assignment_api(ort) -> bool:
-    """ONNX Runtime >= 1.23 reports each node's provider (``get_provider_graph_assignment_info``)."""
+    """ONNX Runtime >= 1.24 reports each node's provider (``get_provider_graph_assignment_info``)."""
     return hasattr(ort.InferenceSession, "get_provider_graph_assignment_info")
 
 

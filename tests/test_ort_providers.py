@@ -88,7 +88,7 @@ def test_placement_is_reported_per_graph(art):
 
 def test_assignment_info_and_profiling_trace_agree(art, tmp_path):
     if not runtime.backends.has_assignment_api(ort):
-        pytest.skip(f"onnxruntime {ort.__version__} has no graph assignment info (>= 1.23); profiling is used")
+        pytest.skip(f"onnxruntime {ort.__version__} has no graph assignment info (>= 1.24); profiling is used")
     so = ort.SessionOptions()
     so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
     so.enable_profiling = True
@@ -120,7 +120,7 @@ def test_fallback_shows_in_the_backend_name():
 
 @pytest.mark.parametrize("two_graph", [False, True])
 def test_older_onnxruntime_gets_placement_from_one_profiled_run(art, monkeypatch, two_graph):
-    """ONNX Runtime < 1.23 (JetPack's): the GPU path profiles one run; forced here on the CPU provider."""
+    """ONNX Runtime < 1.24 (JetPack's): the GPU path profiles one run; forced here on the CPU provider."""
     from runtime import backends
     from runtime.artifact import resolve
 
