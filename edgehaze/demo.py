@@ -165,15 +165,31 @@ def _final(stage_dir: Path) -> Path:
 class Demo:
     """One demo run directory and the work done in it."""
 
+    #: the stages this kind of demo runs (the real-data demo has its own, same names)
+    stages: List["Stage"] = []
+
     def __init__(self, out: "str | Path", quick: bool = False, threads: int = 2, progress: bool = True,
-                 sizes: Optional[DemoSizes] = None) -> None:
+                 sizes: Optional[Any] = None) -> None:
         self.out = Path(out).resolve()
         self.quick = quick
-        self.sizes = sizes or (QUICK if quick else FULL)
+        self.sizes = sizes or self.default_sizes(quick)
         self.threads = int(threads)
         self.progress = progress
         self.state_path = self.out / "demo_state.json"
         self.state: Dict[str, Any] = self._load_state()
+
+    @staticmethod
+    def default_sizes(quick: bool) -> Any:
+        return QUICK if quick else FULL
+
+    def state_extra(self) -> Dict[str, Any]:
+        """What else the state file records about this kind of demo (the real-data demo: its data folder)."""
+        return {}
+
+    @property
+    def mode(self) -> str:
+        """What the state file records: a demo in ``out`` is only resumed in the same mode."""
+        return "quick" if self.quick else "full"
 
     # -- paths ------------------------------------------------------------
     @property
@@ -220,7 +236,8 @@ class Demo:
     def save_state(self) -> None:
         from edgehaze.fsutil import atomic_write
 
-        self.state["mode"] = "quick" if self.quick else "full"
+        self.state["mode"] = self.mode
+        self.state.update(self.state_extra())
         self.state["sizes"] = asdict(self.sizes)
         text = json.dumps(self.state, indent=2, default=str).encode()
         atomic_write(self.state_path, lambda tmp: Path(tmp).write_bytes(text))
@@ -233,6 +250,10 @@ class Demo:
         """The :class:`edgehaze.train.config.TrainConfig` of stage ``rgb``, ``fused`` or ``control``."""
         from edgehaze.train.config import TrainConfig, from_dict
 
+        return from_dict(TrainConfig, self.train_config_dict(stage), f"demo ({stage})")
+
+    def train_config_dict(self, stage: str) -> Dict[str, Any]:
+        """:meth:`train_config` as a plain dict (a subclass edits it before it is checked)."""
         s = self.sizes
         steps = {"rgb": s.rgb_steps, "fused": s.fused_steps, "control": s.fused_steps}[stage]
         # stage 2 and its control share the schedule: warm restarts over the same steps
@@ -262,12 +283,19 @@ class Demo:
             cfg.update(stages=["fused"], fused={**tail, "finetune": "all", "init": str(self.stage1_ckpt)})
         else:  # control: continue stage 1 without depth, same steps and schedule as stage 2
             cfg.update(stages=["rgb"], rgb={**tail, "init": str(self.stage1_ckpt)})
-        return from_dict(TrainConfig, cfg, f"demo ({stage})")
+        return cfg
 
     def distill_config(self) -> Any:
+        """The checked :class:`edgehaze.distill.distiller.DistillConfig` of the distill stage."""
         from edgehaze.distill.distiller import DistillConfig
         from edgehaze.train.config import from_dict
 
+        result = from_dict(DistillConfig, self.distill_config_dict(), "demo (distill)")
+        result.validate("demo (distill)")
+        return result
+
+    def distill_config_dict(self) -> Dict[str, Any]:
+        """:meth:`distill_config` as a plain dict."""
         s = self.sizes
         cfg = {
             "name": "distill",
@@ -282,9 +310,7 @@ class Demo:
             "distill": {"steps": s.distill_steps, "lr": 2.0e-3, "cache_teacher": "auto"},
             "report": {"eval_size": list(EVAL_SIZE), "latency_runs": 1},
         }
-        result = from_dict(DistillConfig, cfg, "demo (distill)")
-        result.validate("demo (distill)")
-        return result
+        return cfg
 
 
 def _stage_data(demo: Demo) -> Dict[str, Any]:
@@ -448,12 +474,16 @@ def stream_tool() -> Path:
     return Path(edgehaze.runtime.__file__).resolve().parent / "stream.py"
 
 
-def run_stream(model: Path, video: "str | Path", output: Path, stats_json: Path, threads: int, log: Path,
-               depth_every: int = 1) -> Dict[str, Any]:
-    """Run ``python runtime/stream.py`` on ``video`` in a subprocess; returns its FPS and stage timings."""
+def run_stream(model: Path, video: "str | Path", output: "str | Path", stats_json: Path, threads: int, log: Path,
+               depth_every: int = 1, side_by_side: bool = True) -> Dict[str, Any]:
+    """Run ``python runtime/stream.py`` on ``video`` in a subprocess; returns its FPS and stage timings.
+
+    ``output``: a video file, or ``"null"`` to measure the stream without writing (the benchmarks' sink).
+    """
     cmd = [sys.executable, str(stream_tool()), "--model", str(model), "--input", str(video), "--output", str(output),
-           "--stats-json", str(stats_json), "--threads", str(threads), "--provider", "cpu", "--side-by-side",
-           "--stats-interval", "0"]
+           "--stats-json", str(stats_json), "--threads", str(threads), "--provider", "cpu", "--stats-interval", "0"]
+    if side_by_side:
+        cmd.append("--side-by-side")
     if depth_every > 1:
         cmd += ["--depth-every", str(depth_every)]
     print("$ " + " ".join(cmd))
@@ -464,7 +494,7 @@ def run_stream(model: Path, video: "str | Path", output: Path, stats_json: Path,
     for line in tail:
         print(f"  {line}")
     if proc.returncode != 0 or not stats_json.is_file():
-        raise EdgehazeError(f"runtime/stream.py exited with {proc.returncode} on {model.name} (its log: {log})")
+        raise EdgehazeError(f"runtime/stream.py exited with {proc.returncode} on {Path(model).name} (its log: {log})")
     stats = json.loads(stats_json.read_text(encoding="utf-8"))
     stages = {k: v.get("median") for k, v in (stats.get("stages_ms") or {}).items()}
     return {"model": str(model), "output": str(output), "fps": stats.get("fps"), "frames": stats.get("frames"),
@@ -565,21 +595,13 @@ def _verdict(rows: Dict[str, Dict[str, Any]]) -> Tuple[str, Dict[str, Optional[f
     return " ".join(text), gains
 
 
-def write_report(demo: "Demo") -> Dict[str, Any]:
-    """Evaluate, time and describe the demo's models: ``report.md`` + ``report.json`` (+ contact sheets)."""
-    import torch
+def load_model_rows(demo: "Demo") -> Tuple[Dict[str, Dict[str, Any]], Dict[str, Any]]:
+    """Every demo model's report row (title, engine, file, params/FLOPs at 640x480) and the loaded torch models.
 
-    from edgehaze.bench import bench_onnx, bench_torch, machine_info
+    The student's ONNX rows carry its float network's params/FLOPs (INT8 runs the same operations).
+    """
     from edgehaze.checkpoint import load_dehazer
-    from edgehaze.fsutil import atomic_write
-    from edgehaze.data.datasets import PairedDataset
-    from edgehaze.data.evaluation import contact_sheet, depth_colour, evaluate
-    from edgehaze.data.layouts import find_pairs
-    from edgehaze.imageio import read_image, write_image
 
-    s = demo.sizes
-    folder = demo.out / "report"
-    dataset = PairedDataset(find_pairs(demo.data, layout="dehazeformer", split="test"), crop=None, flip=False)
     torch_models = {
         "rgb": demo.stage1_ckpt,
         "fused": demo.stage2_ckpt,
@@ -600,8 +622,20 @@ def write_report(demo: "Demo") -> Dict[str, Any]:
         rows[key] = {"title": ROW_TITLES[key], "engine": f"ONNX Runtime CPU (threads: {demo.threads})",
                      "file": str(path), "precision": sidecar.get("precision"),
                      "export_accuracy": sidecar.get("accuracy"), **student_cost}
+    return rows, loaded
 
-    # quality on the procedural test split (each model through evaluate(): metrics.csv, contact sheet)
+
+def score_model_rows(demo: "Demo", rows: Dict[str, Dict[str, Any]], loaded: Dict[str, Any], dataset: Any,
+                     folder: Path) -> None:
+    """Fill ``rows`` in place: quality on ``dataset`` (each model through ``evaluate()``) and CPU latency at 640x480.
+
+    Torch checkpoints run eager, the artifacts through the shipped runtime,
+    so every number is what a user of that form of the model gets.
+    """
+    from edgehaze.bench import bench_onnx, bench_torch
+    from edgehaze.data.evaluation import evaluate
+
+    s = demo.sizes
     for key in ("rgb", "fused", "control", "student_torch", "student_fp32", "student_int8"):
         runner = (_torch_runner(loaded[key]) if key in loaded
                   else _runtime_runner(demo.onnx_fp32 if key == "student_fp32" else demo.onnx_int8, demo.threads))
@@ -610,15 +644,20 @@ def write_report(demo: "Demo") -> Dict[str, Any]:
         rows[key].update({m: summary["metrics"].get(m) for m in ("psnr", "ssim", "psnr_y")})
         rows[key]["psnr_hazy"] = summary["metrics"].get("psnr_hazy")
         rows[key]["contact_sheet"] = summary["files"]["contact_sheet"]
-
-    # CPU latency at 640x480: torch eager for checkpoints, the runtime for artifacts
     for key in ("rgb", "fused", "student_torch"):
         rows[key]["latency"] = bench_torch(loaded[key], EVAL_SIZE, s.latency_warmup, s.latency_runs, demo.threads)
     for key, path in (("student_fp32", demo.onnx_fp32), ("student_int8", demo.onnx_int8)):
         rows[key]["latency"] = bench_onnx(path, EVAL_SIZE, demo.threads, s.latency_warmup, s.latency_runs)
     rows["control"]["latency"] = rows["rgb"]["latency"]  # the same network as stage 1
 
-    # one contact sheet with every model side by side
+
+def model_sheet(demo: "Demo", dataset: Any, loaded: Dict[str, Any], folder: Path) -> Path:
+    """One contact sheet with every model side by side (+ teacher depth, + exact depth where the data has it)."""
+    import torch
+
+    from edgehaze.data.evaluation import contact_sheet, depth_colour
+    from edgehaze.imageio import read_image, write_image
+
     sheet_rows = []
     teacher = getattr(loaded["fused"], "depth", None)
     for i in range(min(4, len(dataset))):
@@ -631,14 +670,41 @@ def write_report(demo: "Demo") -> Dict[str, Any]:
         if exact.is_file():
             tiles.append(depth_colour(1.0 / np.maximum(np.load(exact), 0.1)))
         sheet_rows.append(tiles)
-    sheet = write_image(folder / "contact_sheet.png", contact_sheet(sheet_rows, tile_h=128))
+    return write_image(folder / "contact_sheet.png", contact_sheet(sheet_rows, tile_h=128))
 
-    verdict, gains = _verdict(rows)
+
+def stage_times(demo: "Demo") -> Tuple[Dict[str, Dict[str, Any]], float]:
+    """Wall/CPU seconds of every stage before the report, and their total."""
     stages = {name: {k: rec.get(k) for k in ("wall_s", "cpu_s", "status")}
               for name, rec in demo.state["stages"].items() if name != "report"}
-    total = sum(v.get("wall_s") or 0.0 for v in stages.values())
+    return stages, sum(v.get("wall_s") or 0.0 for v in stages.values())
+
+
+def write_report_files(demo: "Demo", report: Dict[str, Any], md: str) -> None:
+    """``report.json`` and ``report.md``, each written atomically, and the markdown printed."""
+    from edgehaze.fsutil import atomic_write
+
+    atomic_write(demo.out / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2, default=str)))
+    atomic_write(demo.out / "report.md", lambda tmp: Path(tmp).write_text(md, encoding="utf-8"))
+    print(md)
+
+
+def write_report(demo: "Demo") -> Dict[str, Any]:
+    """Evaluate, time and describe the demo's models: ``report.md`` + ``report.json`` (+ contact sheets)."""
+    from edgehaze.bench import machine_info
+    from edgehaze.data.datasets import PairedDataset
+    from edgehaze.data.layouts import find_pairs
+
+    s = demo.sizes
+    folder = demo.out / "report"
+    dataset = PairedDataset(find_pairs(demo.data, layout="dehazeformer", split="test"), crop=None, flip=False)
+    rows, loaded = load_model_rows(demo)
+    score_model_rows(demo, rows, loaded, dataset, folder)
+    sheet = model_sheet(demo, dataset, loaded, folder)
+    verdict, gains = _verdict(rows)
+    stages, total = stage_times(demo)
     report = {
-        "mode": "quick" if demo.quick else "full",
+        "mode": demo.mode,
         "eval_size": list(EVAL_SIZE),
         "test_split": {"root": str(demo.data), "images": len(dataset), "size": list(s.size)},
         "rows": rows,
@@ -655,23 +721,14 @@ def write_report(demo: "Demo") -> Dict[str, Any]:
         "threads": demo.threads,
         "machine": machine_info(demo.threads),
     }
-    md = _markdown(report)
-    atomic_write(demo.out / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2, default=str)))
-    atomic_write(demo.out / "report.md", lambda tmp: Path(tmp).write_text(md, encoding="utf-8"))
-    print(md)
+    write_report_files(demo, report, _markdown(report))
     return {"report": str(demo.out / "report.md"), "verdict": verdict, "gains_db": gains}
 
 
-def _markdown(r: Dict[str, Any]) -> str:
+def model_table_lines(r: Dict[str, Any]) -> List[str]:
+    """The models table (params, FLOPs, quality, CPU latency) and the lines that explain it, the verdict included."""
     h, w = r["eval_size"]
     lines = [
-        f"# edgehaze demo report ({r['mode']})",
-        "",
-        f"Procedural test split: {r['test_split']['images']} scenes of {r['test_split']['size'][1]}x"
-        f"{r['test_split']['size'][0]} (hazed with exact depth). Params and FLOPs at {w}x{h}; CPU latency is the "
-        f"median of {r['sizes']['latency_runs']} runs at {w}x{h} (threads: {r['threads']}) on this machine "
-        f"({r['machine'].get('processor')}, {r['machine'].get('cpu_count')} CPUs visible).",
-        "",
         f"| model | engine | params (M) | of which depth (M) | GFLOPs @{w}x{h} | PSNR | SSIM | PSNR-Y | "
         f"CPU median ms @{w}x{h} | FPS |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -697,6 +754,21 @@ def _markdown(r: Dict[str, Any]) -> str:
         "",
         "**Verdict.** " + (r["verdict"] or "not enough results for a verdict."),
         "",
+    ]
+    return lines
+
+
+def _markdown(r: Dict[str, Any]) -> str:
+    h, w = r["eval_size"]
+    lines = [
+        f"# edgehaze demo report ({r['mode']})",
+        "",
+        f"Procedural test split: {r['test_split']['images']} scenes of {r['test_split']['size'][1]}x"
+        f"{r['test_split']['size'][0]} (hazed with exact depth). Params and FLOPs at {w}x{h}; CPU latency is the "
+        f"median of {r['sizes']['latency_runs']} runs at {w}x{h} (threads: {r['threads']}) on this machine "
+        f"({r['machine'].get('processor')}, {r['machine'].get('cpu_count')} CPUs visible).",
+        "",
+        *model_table_lines(r),
         f"Scale: backbone `{r['sizes']['backbone']}`, fusion `{r['sizes']['fusion']}` at every fusion point. The "
         "demo's depth teacher is a small stand-in trained here, so the student is not much smaller or faster than "
         "it; Depth Anything V2-L has ~335 M parameters. Time the real teacher against the student with "
@@ -704,52 +776,67 @@ def _markdown(r: Dict[str, Any]) -> str:
         "distill/student.safetensors`.",
         "",
     ]
-    td = r.get("teacher_depth") or {}
-    if td:
-        t, z = td["trained"], td["random_init"]
-        pre = r["teacher_pretraining"]
-        lines += [
-            "## Depth teacher",
-            "",
-            f"Depth Anything V2 architecture (`tiny` size, transformers `DepthAnythingForDepthEstimation`), "
-            f"pre-trained for {pre.get('steps')} steps (batch {pre.get('batch_size')}, input side "
-            f"{pre.get('input_size')}) on the exact depth of {pre.get('train_images')} procedural scenes, clear and "
-            f"hazy, with a scale-and-shift-invariant loss; loaded by the demo like DAv2-L "
-            f"(`build_dehazer(depth=\"tiny\", depth_weights={Path(str(pre.get('weights'))).name}/)`). "
-            f"Quality on the {td.get('split')} scenes (inverse depth; AbsRel and delta<1.25 after least-squares "
-            "scale and shift):",
-            "",
-            "| teacher | input | Pearson | AbsRel | delta<1.25 |",
-            "|---|---|---:|---:|---:|",
-        ]
-        for name, q in (("pre-trained", t), ("random init (same architecture)", z)):
-            for kind in ("clear", "hazy"):
-                lines.append(f"| {name} | {kind} | {q[kind]['pearson']:.3f} | {q[kind]['abs_rel']:.3f} | "
-                             f"{q[kind]['delta1']:.3f} |")
-        lines.append("")
+    lines += _teacher_lines(r)
     stream = r.get("stream") or {}
     if stream.get("runs"):
         v = stream.get("video") or {}
         lines += ["## Stream (torch-free runtime, `python runtime/stream.py`)", "",
                   f"Input: {v.get('frames')} hazy frames of {v.get('size', [0, 0])[1]}x{v.get('size', [0, 0])[0]} "
                   f"(a camera panning and zooming over a procedural scene), `{Path(str(v.get('path'))).name}`.", "",
-                  "| artifact | depth every | backend | FPS | capture ms | pre ms | infer ms | post ms | write ms |",
-                  "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
-        for run in stream["runs"].values():
-            sm = run.get("stages_median_ms") or {}
-            lines.append(f"| {Path(run['model']).name} | {run.get('depth_every')} | {run.get('backend')} | "
-                         f"{_num(run.get('fps'), '.1f')} | " + " | ".join(_num(sm.get(k), '.2f') for k in
-                                                                          ("capture", "pre", "infer", "post", "write"))
-                         + " |")
-        lines += ["", "Stream FPS includes decoding and writing the side-by-side video; stage times are medians.", ""]
-    lines += ["## Time per stage", "", "| stage | wall s | CPU s |", "|---|---:|---:|"]
+                  *stream_table_lines(stream["runs"].values()),
+                  "", "Stream FPS includes decoding and writing the side-by-side video; stage times are medians.", ""]
+    lines += stage_time_lines(r)
+    lines += [f"Contact sheet (`report/contact_sheet.png`): hazy | RGB-only | fused | student FP32 | student INT8 | "
+              "GT | teacher depth | exact inverse depth. Per-model sheets and per-image metrics: `report/eval/*/`.", ""]
+    return "\n".join(lines)
+
+
+def _teacher_lines(r: Dict[str, Any]) -> List[str]:
+    td = r.get("teacher_depth") or {}
+    if not td:
+        return []
+    t, z = td["trained"], td["random_init"]
+    pre = r["teacher_pretraining"]
+    lines = [
+        "## Depth teacher",
+        "",
+        f"Depth Anything V2 architecture (`tiny` size, transformers `DepthAnythingForDepthEstimation`), "
+        f"pre-trained for {pre.get('steps')} steps (batch {pre.get('batch_size')}, input side "
+        f"{pre.get('input_size')}) on the exact depth of {pre.get('train_images')} procedural scenes, clear and "
+        f"hazy, with a scale-and-shift-invariant loss; loaded by the demo like DAv2-L "
+        f"(`build_dehazer(depth=\"tiny\", depth_weights={Path(str(pre.get('weights'))).name}/)`). "
+        f"Quality on the {td.get('split')} scenes (inverse depth; AbsRel and delta<1.25 after least-squares "
+        "scale and shift):",
+        "",
+        "| teacher | input | Pearson | AbsRel | delta<1.25 |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for name, q in (("pre-trained", t), ("random init (same architecture)", z)):
+        for kind in ("clear", "hazy"):
+            lines.append(f"| {name} | {kind} | {q[kind]['pearson']:.3f} | {q[kind]['abs_rel']:.3f} | "
+                         f"{q[kind]['delta1']:.3f} |")
+    return lines + [""]
+
+
+def stream_table_lines(runs: Any, first: str = "artifact") -> List[str]:
+    """One row per ``run_stream`` result: artifact, depth every, backend, FPS and the five stage medians."""
+    lines = [f"| {first} | depth every | backend | FPS | capture ms | pre ms | infer ms | post ms | write ms |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for run in runs:
+        sm = run.get("stages_median_ms") or {}
+        lines.append(f"| {run.get('label') or Path(run['model']).name} | {run.get('depth_every')} | "
+                     f"{run.get('backend')} | {_num(run.get('fps'), '.1f')} | "
+                     + " | ".join(_num(sm.get(k), '.2f') for k in ("capture", "pre", "infer", "post", "write")) + " |")
+    return lines
+
+
+def stage_time_lines(r: Dict[str, Any]) -> List[str]:
+    """The time-per-stage table."""
+    lines = ["## Time per stage", "", "| stage | wall s | CPU s |", "|---|---:|---:|"]
     for name, st_ in r["stages"].items():
         if st_.get("wall_s") is not None:
             lines.append(f"| {name} | {st_['wall_s']:.1f} | {_num(st_.get('cpu_s'), '.1f')} |")
-    lines += [f"| total (before this report) | {r['total_wall_s_before_report']:.1f} | |", "",
-              f"Contact sheet (`report/contact_sheet.png`): hazy | RGB-only | fused | student FP32 | student INT8 | "
-              "GT | teacher depth | exact inverse depth. Per-model sheets and per-image metrics: `report/eval/*/`.", ""]
-    return "\n".join(lines)
+    return lines + [f"| total (before this report) | {r['total_wall_s_before_report']:.1f} | |", ""]
 
 
 STAGES: List[Stage] = [
@@ -767,6 +854,7 @@ STAGES: List[Stage] = [
     Stage("report", "writing the report", _stage_report, lambda d: [d.out / "report.md", d.out / "report.json"]),
 ]
 STAGE_NAMES = [s.name for s in STAGES]
+Demo.stages = STAGES
 
 
 def _fmt_s(seconds: float) -> str:
@@ -780,13 +868,16 @@ def run_demo(
     stages: Optional[Sequence[str]] = None,
     threads: int = 2,
     progress: bool = True,
-    sizes: Optional[DemoSizes] = None,
+    sizes: Optional[Any] = None,
     print_fn: Callable[[str], None] = print,
+    data: "Optional[str | Path]" = None,
 ) -> Dict[str, Any]:
     """Run (or resume) the demo in ``out``; returns the state (per-stage status, times, results).
 
     force: None, ``"all"`` or a stage name (that stage and all after it are redone).
     stages: run only these stages (the others must have run before when needed).
+    data: a real data folder (:mod:`edgehaze.demo_real`: same stages on real
+    RGB-D, sizes ``REAL``/``REAL_QUICK``); None: the procedural demo.
     """
     import torch
 
@@ -797,69 +888,97 @@ def run_demo(
         raise ConfigError(f"--stages {unknown[0]}: unknown stage; stages are {', '.join(STAGE_NAMES)}")
     if force not in (None, "all") and force not in STAGE_NAMES:
         raise ConfigError(f"--force {force}: unknown stage; use --force (everything) or one of {', '.join(STAGE_NAMES)}")
-    demo = Demo(out, quick=quick, threads=threads, progress=progress, sizes=sizes)
-    mode = "quick" if quick else "full"
-    if demo.state.get("mode") not in (None, mode) and force != "all":
-        raise ConfigError(f"{demo.out} holds a {demo.state['mode']} demo; rerun with --force to redo it as a "
-                          f"{mode} demo, or pick another --out")
+    if data is not None:
+        from edgehaze.demo_real import RealDemo
+
+        demo: Demo = RealDemo(out, data, quick=quick, threads=threads, progress=progress, sizes=sizes)
+    else:
+        demo = Demo(out, quick=quick, threads=threads, progress=progress, sizes=sizes)
+    _check_same_kind(demo, force)
     if force == "all" and demo.out.exists():
-        for s in STAGES:  # keep nothing stale, but never delete what the demo did not write
-            for p in _stage_dirs(demo, s.name):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        for s in demo.stages:  # keep nothing stale, but never delete what the demo did not write
+            _remove(_stage_dirs(demo, s.name))
         demo.state = {"stages": {}}
     demo.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads)
-    selected = list(stages) if stages else STAGE_NAMES
-    forced_from = 0 if force == "all" else (STAGE_NAMES.index(force) if force else len(STAGES))
-    n = len(STAGES)
-    upstream_ran = False
     t_total = time.perf_counter()
-    for i, stage in enumerate(STAGES, start=1):
+    _run_stages(demo, list(stages) if stages else STAGE_NAMES, force, print_fn)
+    demo.state["last_invocation_s"] = time.perf_counter() - t_total
+    demo.save_state()
+    return demo.state
+
+
+def _check_same_kind(demo: Demo, force: Optional[str]) -> None:
+    """A run directory holds one kind of demo (mode and data folder); another needs --force or another --out."""
+    if force == "all":
+        return
+    old_mode = demo.state.get("mode")
+    if old_mode not in (None, demo.mode):
+        raise ConfigError(f"{demo.out} holds a {old_mode} demo; rerun with --force to redo it as a "
+                          f"{demo.mode} demo, or pick another --out")
+    old_data, new_data = demo.state.get("data_dir"), demo.state_extra().get("data_dir")
+    if old_mode is not None and old_data != new_data:
+        raise ConfigError(f"{demo.out} holds a demo on --data {old_data}; rerun with --force to redo it on "
+                          f"{new_data}, or pick another --out")
+
+
+def _remove(paths: Sequence[Path]) -> None:
+    for p in paths:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _run_stages(demo: Demo, selected: Sequence[str], force: Optional[str], print_fn: Callable[[str], None]) -> None:
+    """Each selected stage in order: skipped when done (and nothing upstream ran), else run with its log."""
+    forced_from = 0 if force == "all" else (STAGE_NAMES.index(force) if force else len(demo.stages))
+    n = len(demo.stages)
+    upstream_ran = False
+    for i, stage in enumerate(demo.stages, start=1):
         rec = demo.state["stages"].get(stage.name) or {}
         if stage.name not in selected:
             continue
-        outputs = stage.outputs(demo)
-        done = all(p.exists() for p in outputs) and rec.get("status") == "done"
+        done = all(p.exists() for p in stage.outputs(demo)) and rec.get("status") == "done"
         if done and not upstream_ran and i - 1 < forced_from:
             print_fn(f"[{i}/{n}] {stage.title} ... skipped (done in an earlier run: {_fmt_s(rec.get('wall_s', 0))})")
             rec["skipped_last_run"] = True
             demo.state["stages"][stage.name] = rec
             continue
         if i - 1 >= forced_from or upstream_ran:
-            for p in _stage_dirs(demo, stage.name):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-        log_path = demo.out / "logs" / f"{stage.name}.log"
+            _remove(_stage_dirs(demo, stage.name))
         print_fn(f"[{i}/{n}] {stage.title} ...")
-        t0, c0 = time.perf_counter(), time.process_time()
-        try:
-            with _tee_output(log_path) as log:
-                try:
-                    result = stage.run(demo)
-                except BaseException:
-                    log.write("\n" + traceback.format_exc())
-                    raise
-        except KeyboardInterrupt:
-            demo.save_state()
-            raise
-        except Exception as exc:
-            demo.state["stages"][stage.name] = {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
-                                                "log": str(log_path)}
-            demo.save_state()
-            what = str(exc) if isinstance(exc, EdgehazeError) else f"{type(exc).__name__}: {exc}"
-            raise EdgehazeError(f"demo stage {i}/{n} '{stage.name}' ({stage.title}) failed: {what.splitlines()[0] if what else ''} "
-                                f"(full log: {log_path})") from None
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        wall = _run_one(demo, stage, i, n)
         upstream_ran = True
-        demo.state["stages"][stage.name] = {"status": "done", "wall_s": wall, "cpu_s": cpu, "result": result,
-                                            "log": str(log_path), "skipped_last_run": False,
-                                            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        demo.save_state()
         print_fn(f"[{i}/{n}] {stage.title} ... done in {_fmt_s(wall)}")
         if stage.name == "report":
             print_fn(f"report: {demo.out / 'report.md'}")
-    demo.state["last_invocation_s"] = time.perf_counter() - t_total
+
+
+def _run_one(demo: Demo, stage: Stage, i: int, n: int) -> float:
+    """Run one stage with its output teed to ``logs/STAGE.log``; record it in the state; returns its wall time."""
+    log_path = demo.out / "logs" / f"{stage.name}.log"
+    t0, c0 = time.perf_counter(), time.process_time()
+    try:
+        with _tee_output(log_path) as log:
+            try:
+                result = stage.run(demo)
+            except BaseException:
+                log.write("\n" + traceback.format_exc())
+                raise
+    except KeyboardInterrupt:
+        demo.save_state()
+        raise
+    except Exception as exc:
+        demo.state["stages"][stage.name] = {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                                            "log": str(log_path)}
+        demo.save_state()
+        what = str(exc) if isinstance(exc, EdgehazeError) else f"{type(exc).__name__}: {exc}"
+        raise EdgehazeError(f"demo stage {i}/{n} '{stage.name}' ({stage.title}) failed: {what.splitlines()[0] if what else ''} "
+                            f"(full log: {log_path})") from None
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    demo.state["stages"][stage.name] = {"status": "done", "wall_s": wall, "cpu_s": cpu, "result": result,
+                                        "log": str(log_path), "skipped_last_run": False,
+                                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     demo.save_state()
-    return demo.state
+    return wall
 
 
 def _stage_dirs(demo: Demo, stage: str) -> List[Path]:
