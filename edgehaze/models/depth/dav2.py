@@ -40,7 +40,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -86,7 +86,9 @@ _DAD_HF = "https://huggingface.co/xingyang1/Distill-Any-Depth"
 
 
 @dataclass(frozen=True)
-class _Release:
+class TeacherRelease:
+    """One published teacher: its id, size, weights' licence and where they are published."""
+
     model_id: str
     arch: str
     license: str
@@ -94,19 +96,19 @@ class _Release:
 
 
 _RELEASES = {
-    "dav2-s": _Release("dav2-s", "vits", "Apache-2.0",
+    "dav2-s": TeacherRelease("dav2-s", "vits", "Apache-2.0",
                        f"depth_anything_v2_vits.pth from {_DAV2_HF.format('Small')}"),
-    "dav2-b": _Release("dav2-b", "vitb", "CC-BY-NC-4.0",
+    "dav2-b": TeacherRelease("dav2-b", "vitb", "CC-BY-NC-4.0",
                        f"depth_anything_v2_vitb.pth from {_DAV2_HF.format('Base')}"),
-    "dav2-l": _Release("dav2-l", "vitl", "CC-BY-NC-4.0",
+    "dav2-l": TeacherRelease("dav2-l", "vitl", "CC-BY-NC-4.0",
                        f"depth_anything_v2_vitl.pth from {_DAV2_HF.format('Large')}"),
-    "dsv2-s": _Release("dsv2-s", "vits", "MIT",
+    "dsv2-s": TeacherRelease("dsv2-s", "vits", "MIT",
                        f"small/model.safetensors of the Distill-Any-Depth release ({_DAD_HF})"),
-    "dsv2-b": _Release("dsv2-b", "vitb", "MIT",
+    "dsv2-b": TeacherRelease("dsv2-b", "vitb", "MIT",
                        f"base/model.safetensors of the Distill-Any-Depth release ({_DAD_HF})"),
-    "dsv2-l": _Release("dsv2-l", "vitl", "MIT",
+    "dsv2-l": TeacherRelease("dsv2-l", "vitl", "MIT",
                        f"large/model.safetensors of the Distill-Any-Depth release ({_DAD_HF})"),
-    "tiny": _Release("tiny", "tiny", "none (random init)", "(none: random init)"),
+    "tiny": TeacherRelease("tiny", "tiny", "none (random init)", "(none: random init)"),
 }
 
 
@@ -276,69 +278,75 @@ def _init_tiny(model: nn.Module) -> None:
         model.head.conv3.bias.add_(1.0)
 
 
-class DepthAnythingTeacher(DepthProvider):
-    """A frozen Depth Anything V2 / Distill-Any-Depth network.
+class DinoDptTeacher(DepthProvider):
+    """The frame shared by the frozen DINOv2 + DPT teachers (DAv2, DA3 mono).
 
-    ``features(image01)`` returns the DPT neck's four fusion-stage outputs,
-    finest first (strides 1.75, 3.5, 7, 14 relative to the network input),
-    each ``features`` channels wide; ``depth(image01)`` the relative inverse
-    depth at the input's size. The input is any ``B x 3 x H x W`` RGB batch in
-    [0, 1]; it is resized like the official ``image2tensor`` (bicubic, aspect
-    kept, shorter side ``input_size``, sides multiples of 14) and normalised
-    with ImageNet mean/std.
+    One place for what both families do the same way, so a fix to one reaches
+    the other: building transformers' ``DepthAnythingForDepthEstimation`` for a
+    size (seeded, tiny init), the official position-embedding resize, the
+    official ``image2tensor`` preprocessing, the DPT neck's four fusion outputs
+    (finest first) and the head's trunk up to its upsampling. A family sets
+    ``releases`` / ``tiny_id`` / ``family`` and implements ``_load`` and
+    ``depth_from_pixels``; ``_add_modules`` and ``_adjust`` are its hooks for
+    extra modules (built under the same seed) and departures from DAv2.
+
+    ``features(image01)`` returns the neck's fusion-stage outputs (strides
+    1.75, 3.5, 7, 14 relative to the network input), each ``features``
+    channels wide; ``depth(image01)`` relative inverse depth (larger =
+    nearer) at the input's size. The input is any ``B x 3 x H x W`` RGB batch
+    in [0, 1]; it is resized like the official ``image2tensor`` (bicubic,
+    aspect kept, shorter side ``input_size``, sides multiples of 14) and
+    normalised with ImageNet mean/std.
 
     Always in eval mode and without gradients: ``train()`` keeps it in eval,
     its parameters do not require grad, and its forward runs under
     ``torch.no_grad()`` (not ``inference_mode``: its outputs feed trainable
     fusion blocks, and inference tensors cannot be saved for backward).
+    ``arch`` overrides the release's size (tests only).
     """
 
     trainable = False
+    releases: Dict[str, TeacherRelease] = {}
+    tiny_id = ""
+    family = ""
+    #: what else ``--depth-weights`` accepts, for the missing-weights message
+    other_sources = ""
 
-    def __init__(
-        self,
-        model_id: str,
-        weights: Optional[str | os.PathLike] = None,
-        input_size: int = 518,
-        seed: int = 0,
-        random_init: bool = False,
-    ) -> None:
+    def __init__(self, model_id: str, weights: Optional[str | os.PathLike] = None, input_size: int = 518,
+                 seed: int = 0, random_init: bool = False, arch: Optional[str] = None) -> None:
         super().__init__()
-        if model_id not in _RELEASES:
-            raise ConfigError(f"unknown Depth Anything teacher '{model_id}'; known: {', '.join(_RELEASES)}")
+        if model_id not in self.releases:
+            raise ConfigError(f"unknown {self.family} teacher '{model_id}'; known: {', '.join(self.releases)}")
         if not isinstance(input_size, int) or input_size < PATCH:
             raise ConfigError(f"depth input_size must be an integer >= {PATCH}, got {input_size!r}")
-        release = _RELEASES[model_id]
-        self.model_id = model_id
-        self.license = release.license
-        self.spec = ARCHS[release.arch]
-        self.input_size = input_size
         # random_init: the architecture without its weights, asked for by
         # name, for cost reports and latency benchmarks only (never quality).
         if random_init and weights is not None:
             raise ConfigError("random_init=True and depth weights are exclusive")
-        weights_path = None if random_init else _check_weights(release, weights)
+        release = self.releases[model_id]
+        self.model_id, self.license, self.input_size = model_id, release.license, input_size
+        self.spec = ARCHS[arch or release.arch]
+        weights_path = None if random_init else check_weights(release, weights, self.tiny_id, self.other_sources)
         if random_init:
             self.license = "none (random init, cost measurements only)"
-
         from transformers import DepthAnythingForDepthEstimation
         from transformers.utils import logging as hf_logging
 
-        config = build_config(self.spec)
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                self.model = DepthAnythingForDepthEstimation(config)
-                if release.arch == "tiny":
+                self.model = DepthAnythingForDepthEstimation(build_config(self.spec))
+                self._add_modules()
+                if self.spec.name == "tiny":
                     _init_tiny(self.model)
+            self._adjust()
             if weights_path is not None:
-                load_weights(self.model, weights_path, model_id)
+                self._load(weights_path)
         finally:
             hf_logging.set_verbosity(verbosity)
         use_official_pos_embedding(self.model)
-
         self.feature_channels = [self.spec.features] * 4
         self.feature_strides = [PATCH / 8, PATCH / 4, PATCH / 2, float(PATCH)]
         self._build_kwargs = {"weights": None if weights is None else str(weights), "input_size": input_size}
@@ -351,8 +359,22 @@ class DepthAnythingTeacher(DepthProvider):
         self.requires_grad_(False)
         self.train(False)
 
+    # -- family hooks -------------------------------------------------------
+    def _add_modules(self) -> None:
+        """Build modules beyond transformers' network (under the build seed)."""
+
+    def _adjust(self) -> None:
+        """Departures of the family from DAv2's configuration, before loading."""
+
+    def _load(self, path: Path) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def depth_from_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """Relative inverse depth ``B x h x w`` at the network-input size."""
+        raise NotImplementedError
+
     # -- frozen -------------------------------------------------------------
-    def train(self, mode: bool = True) -> "DepthAnythingTeacher":
+    def train(self, mode: bool = True) -> "DinoDptTeacher":
         """Stay in eval mode whatever is asked: the teacher is frozen."""
         return super().train(False)
 
@@ -379,20 +401,15 @@ class DepthAnythingTeacher(DepthProvider):
         fused = self.model.neck(list(maps), rows, cols)  # coarsest first
         return list(fused[::-1])
 
-    def depth_from_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Relative inverse depth ``B x h x w`` at the network-input size.
+    def head_trunk(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The head's first conv on the finest level, upsampled to the patch grid's pixels.
 
-        The official head, without transformers' ``max_depth`` factor and with
-        the upsampling size taken from the input's shape (no ``int()``).
+        The size comes from the input's shape (no ``int()``), so a dynamic-shape
+        export is not frozen to one size.
         """
-        finest = self.neck_features(pixel_values)[0]
-        head = self.model.head
-        x = head.conv1(finest)
+        x = self.model.head.conv1(self.neck_features(pixel_values)[0])
         size = (pixel_values.shape[-2] // PATCH * PATCH, pixel_values.shape[-1] // PATCH * PATCH)
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
-        x = head.activation1(head.conv2(x))
-        x = head.activation2(head.conv3(x))
-        return x.squeeze(1)
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
     @torch.no_grad()
     def features(self, image01: torch.Tensor) -> List[torch.Tensor]:
@@ -406,16 +423,19 @@ class DepthAnythingTeacher(DepthProvider):
         return d[:, 0]
 
 
-# -- weights ----------------------------------------------------------------
-def _check_weights(release: _Release, weights) -> Optional[Path]:
+def check_weights(release: TeacherRelease, weights: Optional[str | os.PathLike], tiny_id: str,
+                  other_sources: str = "") -> Optional[Path]:
+    """The local weights path of ``release``; a clear error naming where the
+    official files are published when it is not given or not there (nothing is
+    ever downloaded). None for the random ``tiny`` test teachers."""
     if weights is None:
         if release.arch == "tiny":
             return None
         raise MissingWeightsError(
             f"depth teacher '{release.model_id}' needs its pretrained weights and nothing is downloaded: "
-            f"pass --depth-weights PATH with {release.where} (saved locally), "
-            "or a local Hugging Face model folder of the same model; "
-            "for a random-initialised test teacher use the depth model 'tiny'"
+            f"pass --depth-weights PATH with {release.where} (saved locally)"
+            f"{', ' + other_sources if other_sources else ''}; "
+            f"for a random-initialised test teacher use the depth model '{tiny_id}'"
         )
     path = Path(weights).expanduser()
     if not path.exists():
@@ -424,6 +444,34 @@ def _check_weights(release: _Release, weights) -> Optional[Path]:
         )
     return path
 
+
+class DepthAnythingTeacher(DinoDptTeacher):
+    """A frozen Depth Anything V2 / Distill-Any-Depth network (see :class:`DinoDptTeacher`).
+
+    Weights: an official ``.pth``, a Distill-Any-Depth ``.safetensors``, a
+    transformers state dict or a local Hugging Face model folder.
+    """
+
+    releases = _RELEASES
+    tiny_id = "tiny"
+    family = "Depth Anything"
+    other_sources = "or a local Hugging Face model folder of the same model"
+
+    def _load(self, path: Path) -> None:
+        load_weights(self.model, path, self.model_id)
+
+    def depth_from_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Relative inverse depth ``B x h x w`` at the network-input size.
+
+        The official head, without transformers' ``max_depth`` factor.
+        """
+        head = self.model.head
+        x = head.activation1(head.conv2(self.head_trunk(pixel_values)))
+        x = head.activation2(head.conv3(x))
+        return x.squeeze(1)
+
+
+# -- weights ----------------------------------------------------------------
 
 def _arch_label(arch: Dav2Arch) -> str:
     return "tiny ViT" if arch.name == "tiny" else f"ViT-{arch.name[-1].upper()}"
@@ -541,30 +589,38 @@ def _load_checked(model: nn.Module, state: dict, path: Path, model_id: str) -> N
 
 
 # -- registry ---------------------------------------------------------------
-def _factory(model_id: str):
-    def build(weights: Optional[str] = None, input_size: int = 518, random_init: bool = False) -> DepthAnythingTeacher:
-        return DepthAnythingTeacher(model_id, weights=weights, input_size=input_size, random_init=random_init)
+def teacher_factory(cls: type, model_id: str):  # type: ignore[no-untyped-def]
+    """The registry builder of one released ``cls`` teacher (weights, input size, random init)."""
+    release = cls.releases[model_id]
+
+    def build(weights: Optional[str] = None, input_size: int = 518, random_init: bool = False) -> DinoDptTeacher:
+        return cls(model_id, weights=weights, input_size=input_size, random_init=random_init)
 
     build.__name__ = model_id.replace("-", "_")
-    build.__doc__ = f"Frozen {model_id} teacher ({_RELEASES[model_id].license}); weights: {_RELEASES[model_id].where}."
+    build.__doc__ = f"Frozen {model_id} teacher ({release.license}); weights: {release.where}."
     return build
 
 
 for _mid in ("dav2-s", "dav2-b", "dav2-l", "dsv2-s", "dsv2-b", "dsv2-l"):
-    DEPTH_MODELS.register(_mid)(_factory(_mid))
+    DEPTH_MODELS.register(_mid)(teacher_factory(DepthAnythingTeacher, _mid))
 
 
 @DEPTH_MODELS.register("tiny")
-def tiny(weights: Optional[str] = None, input_size: int = 518, seed: int = 0) -> DepthAnythingTeacher:
+def tiny(weights: Optional[str] = None, input_size: int = 518, seed: int = 0,
+         random_init: bool = False) -> DepthAnythingTeacher:
     """A randomly initialised, seeded, tiny Depth Anything network, for tests."""
-    return DepthAnythingTeacher("tiny", weights=weights, input_size=input_size, seed=seed)
+    return DepthAnythingTeacher("tiny", weights=weights, input_size=input_size, seed=seed, random_init=random_init)
 
 
 __all__ = (
     "ARCHS",
     "DepthAnythingTeacher",
+    "DinoDptTeacher",
+    "TeacherRelease",
     "build_config",
+    "check_weights",
     "load_weights",
     "network_input_size",
+    "teacher_factory",
     "use_official_pos_embedding",
 )
