@@ -27,17 +27,6 @@ from edgehaze.fsutil import atomic_write
 FORMAT = "edgehaze-checkpoint"
 VERSION = 1
 
-#: licences of the depth teachers' weights; artifacts made from them carry it
-DEPTH_LICENSES = {
-    "dav2-s": "Apache-2.0",
-    "dav2-b": "CC-BY-NC-4.0",
-    "dav2-l": "CC-BY-NC-4.0",
-    "dsv2-s": "MIT",
-    "dsv2-b": "MIT",
-    "dsv2-l": "MIT",
-}
-
-
 def provenance_of(model: "torch.nn.Module") -> Dict[str, Any]:
     """Teacher id and licence of a dehazer's depth branch (or its teacher's)."""
     depth = getattr(model, "depth", None)
@@ -45,8 +34,10 @@ def provenance_of(model: "torch.nn.Module") -> Dict[str, Any]:
         return {"depth": None, "teacher": None, "license": None}
     # A distilled student names the teacher it learned from; as a derivative
     # it carries that teacher's licence, not only its own.
+    from edgehaze.models.depth import teacher_licenses
+
     teacher = getattr(depth, "teacher_id", None) or depth.model_id
-    licence = DEPTH_LICENSES.get(teacher) or getattr(depth, "teacher_license", None) or getattr(depth, "license", None)
+    licence = teacher_licenses().get(teacher) or getattr(depth, "teacher_license", None) or getattr(depth, "license", None)
     return {"depth": depth.model_id, "teacher": teacher, "license": licence}
 
 
