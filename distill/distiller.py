@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgehaze.errors import CheckpointError, ConfigError, EdgehazeError
-from edgehaze.train.config import DataConfig, TrainSection, _check_choice, _positive
+from edgehaze.train.config import DataConfig, TrainSection, _check_choice, _positive, check_validation_not_test
 
 FREEZE_MODES = ("backbone_and_fusion", "none")
 FEATURE_LOSSES = ("l1", "mse")
@@ -167,6 +167,8 @@ class DistillConfig:
             )
         if self.data.root is None:
             raise ConfigError(f"{where}: 'data.root' is not set; pass --data DIR (or data.root=DIR)")
+        # validation picks best.safetensors: it must never read the test split the report scores
+        check_validation_not_test(self.data, where)
 
     def cache_enabled(self) -> bool:
         mode = self.distill.cache_teacher

@@ -245,3 +245,20 @@ def test_cli_teacher_mismatch_and_missing_checkpoint(tmp_path, teacher, capsys):
     assert "'tiny', not 'dav2-l'" in capsys.readouterr().err
     assert main(["distill", "--teacher-ckpt", str(tmp_path / "nope.safetensors")]) == 2
     assert "nope.safetensors" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, key", [
+    ({"val_split": "test"}, "data.val_split"),
+    ({"val_root": "/data/SOTS/indoor", "val_split": "val"}, "data.val_root"),
+    ({"train_split": "test"}, "data.train_split"),
+])
+def test_distill_never_validates_on_a_test_split(tmp_path, override, key):
+    """Validation picks best.safetensors, so (as in edgehaze train) a test split there is a ConfigError naming the key."""
+    from edgehaze.distill.distiller import DistillConfig
+    from edgehaze.errors import ConfigError
+    from edgehaze.train.config import from_dict
+
+    data = {"root": str(tmp_path), **override}
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        from_dict(DistillConfig, {"data": data}).validate()
+    from_dict(DistillConfig, {"data": {"root": str(tmp_path)}}).validate()  # the default hold-out is fine
