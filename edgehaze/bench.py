@@ -316,15 +316,24 @@ def run_bench(
     runs: int = 30,
     warmup: int = 5,
     threads: int = 2,
-    teacher: Optional[str] = None,
+    teacher: "Optional[str | Sequence[str]]" = None,
     teacher_backbone: str = "edge-s",
     depth_weights: Optional[str] = None,
     depth_kwargs: Optional[Dict[str, Any]] = None,
     tensorrt: bool = True,
     progress: bool = True,
 ) -> Dict[str, Any]:
-    """Benchmark models on every engine available; returns ``{"results", "notes", "machine", ...}``."""
-    if not checkpoints and not onnx and not teacher:
+    """Benchmark models on every engine available; returns ``{"results", "notes", "machine", ...}``.
+
+    ``teacher``: one depth teacher id or several (rows side by side, e.g.
+    ``dav2-l`` and ``da3-mono-l``), each fused into ``teacher_backbone``;
+    ``depth_weights`` then belongs to a single teacher.
+    """
+    teachers = [teacher] if isinstance(teacher, str) else list(teacher or [])
+    if len(teachers) > 1 and depth_weights is not None:
+        raise EdgehazeError(f"--depth-weights names one teacher's weights, but {len(teachers)} teachers were given "
+                            f"({', '.join(teachers)}); time them one at a time, or with --random-depth")
+    if not checkpoints and not onnx and not teachers:
         raise EdgehazeError("nothing to benchmark: pass --checkpoint CKPT, --onnx MODEL.onnx and/or --teacher NAME")
     for p in list(checkpoints) + list(onnx):
         if not Path(p).exists():
@@ -333,8 +342,8 @@ def run_bench(
     notes: List[str] = []
     for p in checkpoints:
         cases.append(checkpoint_case(p, warmup, runs, threads, depth_weights))
-    if teacher:
-        cases.append(teacher_case(teacher, teacher_backbone, warmup, runs, threads, depth_weights, depth_kwargs))
+    for name in teachers:
+        cases.append(teacher_case(name, teacher_backbone, warmup, runs, threads, depth_weights, depth_kwargs))
     trt_ok, trt_why = tensorrt_available() if tensorrt else (False, "not requested")
     for p in onnx:
         if str(p).endswith(".engine"):

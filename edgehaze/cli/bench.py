@@ -6,6 +6,7 @@ Examples::
         --onnx runs/demo/export/student-fp32.onnx runs/demo/export/student-int8.onnx
     edgehaze bench --teacher dav2-l --depth-weights ~/weights/depth_anything_v2_vitl.pth \\
         --sizes 480x640 1080x1920 --runs 10 --json bench.json
+    edgehaze bench --teacher dav2-l da3-mono-l --random-depth --runs 5   # latency without weights
 
 Checkpoints run in torch eager; exported artifacts run through the shipped
 runtime (``runtime.create``/``run``, uint8 buffers); TensorRT is used when
@@ -30,11 +31,13 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--runs", type=int, default=30, help="timed runs per case (default 30)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch and ONNX Runtime (default 2)")
-    p.add_argument("--teacher", default=None, metavar="NAME",
-                   help="also time a dehazer fused with this depth teacher (e.g. dav2-l, tiny)")
+    p.add_argument("--teacher", nargs="+", default=None, metavar="NAME",
+                   help="also time a dehazer fused with each of these depth teachers (e.g. dav2-l da3-mono-l, tiny)")
     p.add_argument("--backbone", default="edge-s", help="backbone of the --teacher model (default edge-s)")
     p.add_argument("--depth-weights", default=None, help="the teacher's weights (--teacher; or checkpoints whose teacher moved)")
     p.add_argument("--depth-input-size", type=int, default=None, help="teacher input side (multiple of 14; default 518)")
+    p.add_argument("--random-depth", action="store_true",
+                   help="time the --teacher architectures without their weights (random init; latency only)")
     p.add_argument("--no-tensorrt", action="store_true", help="do not try TensorRT even where it is installed")
     p.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -80,7 +83,14 @@ def run(args: argparse.Namespace) -> int:
     sizes = [parse_size(s) for s in args.sizes]
     if args.pareto:
         return _pareto(args.pareto)
-    depth_kwargs = {"input_size": args.depth_input_size} if args.depth_input_size else None
+    from edgehaze.errors import EdgehazeError
+
+    if args.random_depth and (args.depth_weights or not args.teacher or any(t.startswith("student") for t in args.teacher)):
+        raise EdgehazeError("--random-depth times --teacher models without weights: pass --teacher NAME "
+                            "and drop --depth-weights")
+    depth_kwargs = {"input_size": args.depth_input_size} if args.depth_input_size else {}
+    if args.random_depth:
+        depth_kwargs["random_init"] = True
     result = run_bench(
         checkpoints=args.checkpoint,
         onnx=args.onnx,
@@ -91,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         teacher=args.teacher,
         teacher_backbone=args.backbone,
         depth_weights=args.depth_weights,
-        depth_kwargs=depth_kwargs,
+        depth_kwargs=depth_kwargs or None,
         tensorrt=not args.no_tensorrt,
         progress=not args.no_progress,
     )

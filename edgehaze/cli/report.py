@@ -39,9 +39,9 @@ def run(args: argparse.Namespace) -> int:
                                 "drop them with --checkpoint (it rebuilds the model it holds)")
         model, _ = load_dehazer(args.checkpoint, depth_weights=args.depth_weights)
     else:
-        if args.random_depth and (args.depth is None or args.depth_weights):
-            raise EdgehazeError("--random-depth counts a --depth teacher without weights: pass --depth NAME "
-                                "and drop --depth-weights")
+        if args.random_depth and (args.depth is None or args.depth_weights or args.depth.startswith("student")):
+            raise EdgehazeError("--random-depth counts a --depth teacher (dav2-l, da3-mono-l, ...) without weights: "
+                                "pass --depth NAME and drop --depth-weights")
         depth_kwargs = {"random_init": True} if args.random_depth else {}
         if args.depth_input_size:
             depth_kwargs["input_size"] = args.depth_input_size
