@@ -53,6 +53,49 @@ def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     )
 
 
+class GlobalContext(nn.Module):
+    """``x + W2 relu(W1 mean(x))``: a frame-level summary added back everywhere (W2 starts at zero)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, channels, 1)
+        self.expand = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.expand.weight)
+        nn.init.zeros_(self.expand.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = x.mean(dim=(2, 3), keepdim=True)
+        return torch.relu(x + self.expand(torch.relu(self.reduce(g))))
+
+
+class PhysicsHead(nn.Module):
+    """Correction maps from a transmission map and a global airlight (the scattering model).
+
+    ``1/t = 1 + softplus(z) - ln 2`` per cell and ``A = sigmoid(.)`` per
+    channel from the deepest features' spatial mean; the maps are gain
+    ``K = 1/t - 1`` (the same for every channel) and offset ``B = -A K``, so
+    ``J = (1 + K) I + B = (I - A) / t + A``. One degree of freedom per cell
+    instead of six: colour casts and per-channel drifts cannot be learnt, the
+    physics holds for any scene. ``z`` starts at 0, so the model starts as
+    the identity (``K = 0``) with a healthy gradient (``softplus'(0) = 1/2``;
+    ``K`` may go slightly negative, ``t`` a little above 1: haze added back).
+    """
+
+    def __init__(self, channels: int, context_channels: int) -> None:
+        super().__init__()
+        self.transmission = nn.Conv2d(channels, 1, 3, padding=1)
+        self.airlight = nn.Conv2d(context_channels, 3, 1)
+        nn.init.zeros_(self.transmission.weight)
+        nn.init.zeros_(self.transmission.bias)
+        nn.init.zeros_(self.airlight.weight)
+        nn.init.constant_(self.airlight.bias, math.log(0.9 / 0.1))  # A = 0.9 to start
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        k = F.softplus(self.transmission(x)) - math.log(2.0)
+        a = torch.sigmoid(self.airlight(context.mean(dim=(2, 3), keepdim=True)))
+        return torch.cat([k.expand(-1, 3, -1, -1), -a * k], dim=1)
+
+
 class ResidualBlock(nn.Module):
     """conv-BN-ReLU-conv-BN plus the input, then ReLU."""
 
@@ -141,18 +184,31 @@ class EdgeDehazer(Backbone):
         has), and the maps are upsampled by exactly ``scale`` and cropped to
         the input, so every map cell stays centred on the pixels it pooled.
     blocks: residual blocks per stage (stride scale, 2*scale, 4*scale).
+    context: add a global context to the deepest stage (its spatial mean,
+        two 1x1 convs, broadcast back; the last conv zero-initialised, so a
+        new model is the plain network). Haze density and airlight are
+        properties of the whole frame; without it the network judges them
+        from a ~50-cell window and mixes up light indoor haze with dense
+        outdoor fog when trained on both.
+    head: ``free`` (six free maps, gain and offset per channel) or
+        ``physics`` (the scattering model inverted: one transmission map and a
+        global airlight, ``J = (I - A) / t + A`` written as gain ``1/t - 1``
+        and offset ``-A (1/t - 1)``; :class:`PhysicsHead`).
     apply: ``bilinear`` (maps upsampled as predicted) or ``guided`` (refitted
         to the pooled frame first, :func:`guided_refit`; window radius
         ``guide_radius`` cells, ``eps`` learnt from ``guide_eps``).
     """
 
     def __init__(self, width: int = 32, scale: int = 4, blocks: Sequence[int] = (2, 2, 1), max_width: int = 64,
-                 apply: str = "bilinear", guide_radius: int = 1, guide_eps: float = 1e-3) -> None:
+                 apply: str = "bilinear", guide_radius: int = 1, guide_eps: float = 1e-3,
+                 context: bool = False, head: str = "free") -> None:
         super().__init__()
         if scale < 1:
             raise ValueError("scale must be >= 1")
         if apply not in ("bilinear", "guided"):
             raise ValueError(f"apply must be 'bilinear' or 'guided', not {apply!r}")
+        if head not in ("free", "physics"):
+            raise ValueError(f"head must be 'free' or 'physics', not {head!r}")
         if guide_radius < 1 or guide_eps <= 0:
             raise ValueError("guide_radius must be >= 1 and guide_eps > 0")
         self.scale = int(scale)
@@ -169,14 +225,19 @@ class EdgeDehazer(Backbone):
         self.stage2 = Stage(w2, blocks[1])
         self.down3 = conv_bn_relu(w2, w3, stride=2)
         self.stage3 = Stage(w3, blocks[2])
+        self.context = GlobalContext(w3) if context else None
         self.lat3 = nn.Conv2d(w3, w2, 1)
         self.up2 = conv_bn_relu(w2, w2)
         self.lat2 = nn.Conv2d(w2, w1, 1)
         self.up1 = conv_bn_relu(w1, w1)
-        self.head = nn.Conv2d(w1, 6, 3, padding=1)
-        # Start as the identity mapping J = I: the correction maps are zero.
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        self.head_kind = head
+        if head == "physics":
+            self.head = PhysicsHead(w1, w3)
+        else:
+            self.head = nn.Conv2d(w1, 6, 3, padding=1)
+            # Start as the identity mapping J = I: the correction maps are zero.
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def fusion_points(self) -> List[FusionPoint]:
         return [
@@ -200,8 +261,12 @@ class EdgeDehazer(Backbone):
         f1 = self.stage1(self.stem(small))
         f2 = self.stage2(self.down2(f1))
         f3 = self.stage3(self.down3(f2))
+        if self.context is not None:
+            f3 = self.context(f3)
         u2 = self.up2(f2 + F.interpolate(self.lat3(f3), size=f2.shape[-2:], mode="bilinear", align_corners=False))
         u1 = self.up1(f1 + F.interpolate(self.lat2(u2), size=f1.shape[-2:], mode="bilinear", align_corners=False))
+        if self.head_kind == "physics":
+            return self.head(u1, f3)
         return self.head(u1)
 
     def guide_eps(self) -> torch.Tensor:
