@@ -118,7 +118,7 @@ def test_quick_demo_end_to_end_then_skips_everything(tmp_path, capsys):
     from edgehaze.cli import main
 
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out), "--threads", "1", "--no-progress"]) == 0
+    assert main(["demo", "--quick", "--procedural", "--out", str(out), "--threads", "1", "--no-progress"]) == 0
     first = capsys.readouterr().out
     assert "[8/8] writing the report ... done in" in first
     report = json.loads((out / "report.json").read_text())
@@ -144,7 +144,7 @@ def test_quick_demo_end_to_end_then_skips_everything(tmp_path, capsys):
     assert set(report["stages"]) >= {"data", "teacher", "rgb", "fused", "distill", "export", "stream"}
 
     mtime = (out / "report.md").stat().st_mtime_ns
-    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    assert main(["demo", "--quick", "--procedural", "--out", str(out), "--no-progress"]) == 0
     second = capsys.readouterr().out
     stage_lines = [ln for ln in second.splitlines() if ln.startswith("[")]
     assert len(stage_lines) == 8 and all("skipped" in ln for ln in stage_lines), second
