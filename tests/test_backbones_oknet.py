@@ -41,7 +41,7 @@ def shapes() -> dict:
 def test_committed_official_reference_reproduced_through_official_checkpoint(shapes, tmp_path):
     ref = torch.load(official_code.REFS / "oknet.pt", weights_only=True)
     path = _official_file(OKNet(), official_code.seeded_state(shapes, ref["seed"]), tmp_path / "oknet.pkl")
-    model = oknet(weights=path).eval()
+    model = oknet(weights=path).eval().double()  # refs are float64 (make_official_refs)
     with torch.no_grad():
         out = model(ref["input"])
     assert out.shape == ref["output"].shape == ref["input"].shape
