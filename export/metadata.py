@@ -33,8 +33,16 @@ def build_sidecar(
     two_graph: bool,
     accuracy: Optional[Dict[str, Any]] = None,
     size_multiple: int = 1,
+    target: str = "cpu",
 ) -> Dict[str, Any]:
-    """The sidecar dict for an artifact stem ``name``."""
+    """The sidecar dict for an artifact stem ``name``.
+
+    ``target``: the graphs' flavour (``cpu``: ONNX Runtime on CPU; ``trt``:
+    TensorRT, export/targets.py ``FLAVOURS``). ``profiles``: per graph
+    (``graphs`` role), the min/opt/max shapes of each input, for TensorRT
+    optimisation profiles; ``image``'s are ``shape_ranges`` (the export adds
+    the fuse graph's depth features, measured).
+    """
     from edgehaze import __version__
 
     io = {"layout": "NHWC", "dtype": "uint8", "channel_order": channel_order.upper(), "range": [0, 255]}
@@ -56,6 +64,8 @@ def build_sidecar(
         "size_multiple": int(size_multiple),
         "dynamic": bool(dynamic),
         "shape_ranges": ranges,
+        "profiles": {role: {"image": {k: list(v) for k, v in ranges.items()}} for role in graphs},
+        "target": target,
         "precision": precision,
         "opset": int(opset),
         "model": {

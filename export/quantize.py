@@ -158,6 +158,16 @@ def ort_static_options(target: str = "cpu") -> Dict[str, Any]:
                                "QuantizeBias": fl.int32_bias})
 
 
+def FLOAT_SCOPE(nncf: Any) -> Any:  # noqa: N802 (a constant of NNCF's type)
+    """What stays float in NNCF's INT8: the edge backbone's global context (a 1x1-pixel path).
+
+    Its mean over the frame and two 1x1 convs on one pixel cost nothing in
+    float, and quantising the frame-level summary moved the whole map
+    (0.24 vs 0.10 dB hold-out drop with and without it).
+    """
+    return nncf.IgnoredScope(patterns=[r".*\bcontext[./].*"], validate=False)
+
+
 def _nncf_quantize(nncf: Any, core: "torch.nn.Module", items: list, target: str) -> "torch.nn.Module":  # noqa: F821
     """``nncf.quantize`` with the flavour's preset; trt: every activation quantiser made signed int8.
 
@@ -175,7 +185,8 @@ def _nncf_quantize(nncf: Any, core: "torch.nn.Module", items: list, target: str)
 
     fl = FLAVOURS[target]
     preset = getattr(nncf.QuantizationPreset, fl.nncf_preset)
-    qcore = nncf.quantize(core, nncf.Dataset(items), subset_size=len(items), preset=preset)
+    qcore = nncf.quantize(core, nncf.Dataset(items), subset_size=len(items), preset=preset,
+                          ignored_scope=FLOAT_SCOPE(nncf))
     if fl.symmetric:
         from nncf.torch.quantization.layers import AsymmetricQuantizer, SymmetricQuantizer
 

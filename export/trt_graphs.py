@@ -26,11 +26,11 @@ def uint8_to_float_trt(image: torch.Tensor, bgr: bool) -> torch.Tensor:
 
 
 def float_to_uint8_trt(y: torch.Tensor, bgr: bool) -> torch.Tensor:
-    """1 x 3 x H x W float -> 1 x H x W x 3 uint8: Round, Clip, layout in float, the Cast last."""
-    y = torch.clamp(torch.round(y * 255.0), 0.0, 255.0)
+    """1 x 3 x H x W float -> 1 x H x W x 3 uint8: layout in float, then Round, Clip, Cast at the end."""
+    y = y * 255.0
     if bgr:
         y = y.flip(1)
-    return y.permute(0, 2, 3, 1).to(torch.uint8)
+    return torch.clamp(torch.round(y.permute(0, 2, 3, 1)), 0.0, 255.0).to(torch.uint8)
 
 
 class TrtFullGraph(FullGraph):

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+from edgehaze.errors import EdgehazeError
 
 #: argparse dests that are options of the export (checked against the target table when given)
 _CHECKED = ("imgsz", "dynamic", "channel_order", "two_graph", "int8", "fp16", "calib", "qat_steps", "method",
             "max_psnr_drop", "force", "calib_images", "holdout_images", "ort_optimize", "opset", "workspace",
-            "internal_scale")
+            "internal_scale", "target")
 
 
 def add_parser(subparsers: "argparse._SubParsersAction") -> None:
@@ -22,9 +25,20 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
         "dehazed) + NAME.json sidecar (same keys in the ONNX metadata_props). Every export checks itself: "
         "FP32 against PyTorch, INT8/FP16 by PSNR on hold-out images.",
     )
-    p.add_argument("--checkpoint", required=True, help="dehazer checkpoint (.safetensors)")
+    p.add_argument("--checkpoint", default=None, help="dehazer checkpoint (.safetensors)")
     p.add_argument("--format", default="onnx", choices=["onnx", "engine", "torchtrt", "all"],
                    help="target (engine/torchtrt: GPU machines with the trt extra)")
+    p.add_argument("--target", choices=["cpu", "trt"], default=None,
+                   help="graph flavour: cpu (ONNX Runtime on CPU: asymmetric uint8 INT8, uint8 layout ops; the "
+                        "default) or trt (TensorRT: symmetric int8, zero-point 0, uint8 only at the graph's ends; "
+                        "the default with --format engine/torchtrt); NAME gets a -trt suffix")
+    p.add_argument("--check", choices=["trt"], default=None,
+                   help="check the graphs against what TensorRT 8.6 and 10.x document for their ONNX parser (ops, "
+                        "types, Q/DQ, uint8, shape profiles) and print the trtexec/polygraphy commands; after the "
+                        "export, or on an existing artifact with --onnx (exit 1 when a rule fails)")
+    p.add_argument("--onnx", default=None, metavar="NAME.onnx",
+                   help="with --check: an exported artifact to check (its sidecar's graphs and profiles) instead "
+                        "of exporting")
     prec = p.add_mutually_exclusive_group()
     prec.add_argument("--int8", action="store_true", default=None, help="INT8 (QDQ) by QAT or PTQ; needs --calib")
     prec.add_argument("--fp16", action="store_true", default=None, help="FP16 weights and activations")
@@ -59,7 +73,43 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
     p.set_defaults(func=run)
 
 
+def print_trt_check(path: "str | Path") -> int:
+    """The TensorRT checker's verdict on every graph of an artifact, and the GPU commands; 0 when all pass."""
+    from edgehaze.export.trt_check import artifact_meta, check_artifact, gpu_commands, precision_of_graph, read_profiles
+
+    path = Path(path)
+    if not path.is_file():
+        raise EdgehazeError(f"--onnx {path}: no such file; pass an exported NAME.onnx (or its NAME.json)")
+    reports = check_artifact(path)
+    meta = artifact_meta(path)
+    profiles = read_profiles(meta)
+    graphs = meta.get("graphs") or {"full": path.name}
+    print(f"TensorRT check ({meta.get('target', 'unknown')} flavour, {meta.get('precision', '?')}):")
+    for rep in reports:
+        for line in rep.lines():
+            print(line)
+    ok = all(r.ok() for r in reports)
+    print("verdict: " + ("PASS - every graph uses only what the TensorRT 8.6 and 10.x ONNX parsers document"
+                         if ok else "FAIL - see the rules above (export with --target trt)"))
+    print("confirm on a GPU machine with TensorRT:")
+    for role, fname in graphs.items():
+        gp = path.parent / fname
+        if gp.suffix == ".onnx":
+            for cmd in gpu_commands(gp, profiles.get(role), precision_of_graph(meta, gp)):
+                print(f"  {cmd}")
+    return 0 if ok else 1
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.onnx is not None:
+        if args.check is None:
+            raise EdgehazeError("--onnx names an artifact to check: add --check trt")
+        if args.checkpoint is not None:
+            raise EdgehazeError("--onnx checks an existing artifact; --checkpoint exports one: pass one of them")
+        return print_trt_check(args.onnx)
+    if args.checkpoint is None:
+        raise EdgehazeError("edgehaze export needs --checkpoint CKPT (or --check trt --onnx NAME.onnx to check an "
+                            "existing artifact)")
     import torch
 
     from edgehaze.export import export_checkpoint
@@ -74,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         name=args.name,
         fmt=args.format,
+        target=args.target,
         precision=precision,
         dynamic=args.imgsz is None,
         imgsz=args.imgsz,
@@ -103,4 +154,6 @@ def run(args: argparse.Namespace) -> int:
     print("next:")
     for cmd in result.next_commands:
         print(f"  {cmd}")
+    if args.check == "trt":
+        return print_trt_check(result.files["onnx"])
     return 0
