@@ -195,3 +195,13 @@ def test_fidelity_check_sees_the_final_norm_eps(official_code, tmp_path):
     x = torch.randn(1, 3, 350, 476, generator=torch.Generator().manual_seed(5))
     errs = _fidelity(official, ours, x)
     assert all(v > 0 and v == v for v in errs.values()), errs
+
+
+def test_parameters_are_the_official_models(official_code):
+    """No unused tensors: the module holds exactly the official parameters (the
+    coarsest refinenet's first residual unit and the mask token are not built)."""
+    official = _OfficialMono(*official_code, "vits")
+    ours = Da3MonoTeacher("da3-mono-l", random_init=True, arch="vits")
+    n_official = sum(p.numel() for p in official.parameters())
+    assert sum(p.numel() for p in ours.parameters()) == n_official
+    assert len(list(ours.parameters())) == len(list(official.parameters()))

@@ -1,9 +1,11 @@
-"""``edgehaze distill``: train a compact student depth encoder from a DAv2-fused teacher.
+"""``edgehaze distill``: train a compact student depth encoder from a depth-fused teacher (DAv2, DA3, ...).
 
 Examples::
 
     edgehaze distill --teacher dav2-l --teacher-ckpt runs/teacher/best.safetensors \\
         --depth-weights ~/weights/depth_anything_v2_vitl.pth --data data/reside6k
+    edgehaze distill --teacher da3-mono-l --teacher-ckpt runs/teacher_da3/best.safetensors \\
+        --depth-weights ~/weights/DA3MONO-LARGE --data data/reside6k     # Apache-2.0 teacher
     edgehaze distill --config configs/distill_edge-s_student-s.yaml --resume
     torchrun --nproc_per_node 4 -m edgehaze distill --config ... # DDP
 
@@ -18,11 +20,11 @@ from typing import List
 def add_parser(subparsers: "argparse._SubParsersAction") -> None:
     p = subparsers.add_parser(
         "distill",
-        help="distil a small student depth encoder from a DAv2-fused teacher dehazer",
+        help="distil a small student depth encoder from a depth-fused (DAv2, DA3) teacher dehazer",
         description=__doc__.split("\n\n")[0],
     )
     p.add_argument("--config", help="YAML config (see configs/distill_*.yaml); flags below override it")
-    p.add_argument("--teacher", help="expected teacher depth model id, e.g. dav2-l (checked against --teacher-ckpt)")
+    p.add_argument("--teacher", help="expected teacher depth model id, e.g. dav2-l or da3-mono-l (checked against --teacher-ckpt)")
     p.add_argument("--teacher-ckpt", help="fused teacher checkpoint from `edgehaze train` (.safetensors)")
     p.add_argument("--depth-weights", help="the teacher's depth weights (overrides the path recorded in the checkpoint)")
     p.add_argument("--student", help="student encoder: student-s, student-m, student-timm (default: student-s)")

@@ -16,7 +16,8 @@ these differences handled here:
   inverse depth (larger = nearer), so ``depth()`` returns ``1 / depth``;
 * the coarsest refinenet has no first residual unit (``has_residual=False``);
   transformers' coarsest fusion layer never calls its ``residual_layer1``, so
-  those weights are absent from the file and keep their (unused) init;
+  it is removed (those weights are absent from the file, and parameter counts
+  are the release's);
 * a sky branch (``scratch.sky_output_conv2``, ReLU output; the official code
   calls ``sky < 0.3`` non-sky). We run it as our own ``sky_head`` and set
   the inverse depth to 0 (infinitely far) where it marks sky. The official
@@ -112,6 +113,11 @@ class Da3MonoTeacher(DinoDptTeacher):
 
     def _adjust(self) -> None:
         self.model.backbone.layernorm.eps = FINAL_NORM_EPS
+        # the official coarsest refinenet has no first residual unit; transformers
+        # builds one it never calls: drop it, so parameter counts are the release's
+        self.model.neck.fusion_stage.layers[0].residual_layer1 = None
+        # nor a mask token (masked training only)
+        self.model.backbone.embeddings.mask_token = None
 
     # -- weights --------------------------------------------------------------
     def _load(self, path: Path) -> None:
@@ -123,9 +129,7 @@ class Da3MonoTeacher(DinoDptTeacher):
         except ValueError as exc:
             raise CheckpointError(f"{path}: not a Depth Anything 3 monocular checkpoint ({exc}); pass {where}") from None
         own = self.model.state_dict()
-        for key in own:  # the unused residual unit of the coarsest refinenet, mask token
-            if ".fusion_stage.layers.0.residual_layer1." in key or key.endswith("mask_token"):
-                hf_state.setdefault(key, own[key])
+        hf_state.pop("backbone.embeddings.mask_token", None)  # not in the release; dropped if a file has one
         missing = sorted(set(own) - set(hf_state))
         unexpected = sorted(set(hf_state) - set(own))
         bad = [k for k in own if k in hf_state and own[k].shape != hf_state[k].shape]
