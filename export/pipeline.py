@@ -430,8 +430,9 @@ def export_checkpoint(checkpoint: "str | Path", out: "Optional[str | Path]" = No
         f"edgehaze bench --model {e.files['onnx']}",
         f"edgehaze eval --checkpoint {e.files['onnx']} --data DATA",
     ]
-    if e.target == "trt":
-        nxt.append(f"edgehaze export --check trt --onnx {e.files['onnx']}")
+    if e.target == "trt":  # the engine is built where it runs: TensorRT version and GPU are in it
+        nxt += [f"edgehaze export --check trt --onnx {e.files['onnx']}",
+                f"python runtime/build_engine.py {e.files['onnx']}   # on the device, with its TensorRT"]
     return ExportResult(files=e.files, sidecar=e.sidecar, parity=e.parity, next_commands=nxt)
 
 

@@ -294,7 +294,8 @@ def _uint8_rule(g: _Graph) -> Iterable[Tuple[str, str, str, str]]:
                        msg + " (uint8 is allowed only at network inputs/outputs)")
 
 
-def _profile_rule(g: _Graph, profile: Optional[Profile]) -> Iterable[Tuple[str, str, str, str]]:
+def _profile_rule(g: _Graph, profile: Optional[Profile], note: str = "") -> Iterable[Tuple[str, str, str, str]]:
+    """``note``: where the profile came from and how to get one, added when an input has none."""
     profile = profile or {}
     for inp in g.inputs:
         dims = inp.type.tensor_type.shape.dim if inp.type.tensor_type.HasField("shape") else None
@@ -308,7 +309,7 @@ def _profile_rule(g: _Graph, profile: Optional[Profile]) -> Iterable[Tuple[str, 
         names = [dims[k].dim_param or "?" for k in dynamic]
         if not ranges:
             yield "profile", inp.name, "", (f"dynamic dims {dynamic} ({', '.join(names)}) and no shape profile "
-                                            "for this input")
+                                            f"for this input{note}")
             continue
         yield from _one_profile(inp.name, dims, ranges)
     for name in profile:
@@ -334,8 +335,12 @@ def _one_profile(name: str, dims: Any, ranges: Dict[str, Sequence[int]]) -> Iter
 
 # -- entry points ------------------------------------------------------------------------------------
 def check_model(model: "Any | str | Path", profile: Optional[Profile] = None,
-                releases: Sequence[str] = DEFAULT_RELEASES, name: Optional[str] = None) -> Report:
-    """Check one ONNX graph (a ModelProto or a path) against ``releases``; ``profile``: its shape profile."""
+                releases: Sequence[str] = DEFAULT_RELEASES, name: Optional[str] = None,
+                profile_note: str = "") -> Report:
+    """Check one ONNX graph (a ModelProto or a path) against ``releases``; ``profile``: its shape profile.
+
+    ``profile_note``: appended to a missing-profile finding (where profiles come from, how to get one).
+    """
     import onnx
 
     if not isinstance(model, onnx.ModelProto):
@@ -354,7 +359,7 @@ def check_model(model: "Any | str | Path", profile: Optional[Profile] = None,
                                                     f"{rel.opsets[0]}-{rel.opsets[1]}"), []).append(r)
         for item in _op_rules(g, rel):
             found.setdefault(item, []).append(r)
-    for item in list(_qdq_rules(g)) + list(_uint8_rule(g)) + list(_profile_rule(g, profile)):
+    for item in list(_qdq_rules(g)) + list(_uint8_rule(g)) + list(_profile_rule(g, profile, profile_note)):
         found.setdefault(item, []).extend(releases)
     findings = [Finding(rule, node, op, msg, tuple(dict.fromkeys(rs))) for (rule, node, op, msg), rs in found.items()]
     return Report(graph=name or model.graph.name, releases=tuple(releases), findings=findings, profile=profile)
@@ -404,13 +409,23 @@ def check_artifact(path: "str | Path", releases: Sequence[str] = DEFAULT_RELEASE
     graphs = meta.get("graphs") or {}
     profiles = read_profiles(meta)
     if path.suffix != ".json" and path.name not in graphs.values():
-        return [check_model(path, profiles.get("full"), releases)]
+        return [check_model(path, profiles.get("full"), releases, profile_note=_profile_note(meta, path))]
     reports = []
     for role, fname in graphs.items():
         gp = folder / fname
         if gp.is_file():
-            reports.append(check_model(gp, profiles.get(role), releases))
+            reports.append(check_model(gp, profiles.get(role), releases, profile_note=_profile_note(meta, gp, role)))
     return reports
+
+
+def _profile_note(meta: Dict[str, Any], path: Path, role: str = "full") -> str:
+    """Why a graph input may lack a profile: no sidecar, or a sidecar from before per-graph ``profiles``."""
+    if not meta:
+        return f" ({path.name} has no edgehaze sidecar or metadata: pass the exported NAME.onnx with its NAME.json)"
+    if not isinstance(meta.get("profiles"), dict):
+        return (f" (the sidecar has no 'profiles', only shape_ranges for 'image': re-export with edgehaze export, "
+                f"which measures the {role} graph's other inputs)")
+    return f" (the sidecar's profiles.{role} does not list it)"
 
 
 def _dims(v: Sequence[int], sep: str) -> str:

@@ -414,14 +414,21 @@ def measure_feature_profiles(depth_session, meta: dict, names: list) -> dict:
     """Depth-feature shapes at the ``image`` profile's min/opt/max, measured by running the depth graph.
 
     The features' spatial size follows the depth branch's own resizing
-    (a teacher resizes to its patch grid), so it is measured, not derived;
-    a sidecar may state it (``depth_features[i].shape_ranges``) and then
-    nothing runs.
+    (a teacher resizes to its patch grid), so it is measured, not derived.
+    A sidecar that states them is read instead and nothing runs:
+    ``profiles.fuse`` (``edgehaze export`` measures them at the same
+    ``image`` sizes) when its ``image`` entry is still ``shape_ranges``, or
+    ``depth_features[i].shape_ranges``.
     """
+    ranges = meta["shape_ranges"]
+    recorded = (meta.get("profiles") or {}).get("fuse") or {}
+    same_image = all(list(map(int, (recorded.get("image") or {}).get(k) or [])) == [int(v) for v in ranges[k]]
+                     for k in ("min", "opt", "max"))
+    if names and same_image and all(all(k in (recorded.get(n) or {}) for k in ("min", "opt", "max")) for n in names):
+        return {n: {k: [int(v) for v in recorded[n][k]] for k in ("min", "opt", "max")} for n in names}
     declared = {f["name"]: f.get("shape_ranges") for f in meta.get("depth_features") or []}
     if names and all(declared.get(n) for n in names):
         return {n: declared[n] for n in names}
-    ranges = meta["shape_ranges"]
     out: dict = {n: {} for n in names}
     for key in ("min", "opt", "max"):
         feats = depth_session.run(names, {"image": np.zeros([int(v) for v in ranges[key]], np.uint8)})

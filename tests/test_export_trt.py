@@ -58,6 +58,14 @@ def _run(path: Path, img: np.ndarray) -> np.ndarray:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["dehazed"], {"image": img})[0]
 
 
+def _float_convs(path: Path) -> list:
+    """Convs that TensorRT would not run in INT8: it fuses DQ(activation) + DQ(weights) -> Conv, so both must be DQs."""
+    nodes = onnx.load(str(path)).graph.node
+    producer = {o: n.op_type for n in nodes for o in n.output}
+    return [n.name for n in nodes if n.op_type == "Conv"
+            and [producer.get(i) for i in n.input[:2]] != ["DequantizeLinear", "DequantizeLinear"]]
+
+
 def _passes(path: Path) -> list:
     reports = check_artifact(path)
     for r in reports:
@@ -65,10 +73,12 @@ def _passes(path: Path) -> list:
     return reports
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
-def test_fp32_trt_flavour_passes_and_equals_the_cpu_flavour(edge_ckpt, tmp_path, fused):
-    cpu = export_checkpoint(edge_ckpt, out=tmp_path, fused=fused, **QUIET)
-    trt = export_checkpoint(edge_ckpt, out=tmp_path, fused=fused, target="trt", **QUIET)
+@pytest.mark.parametrize("fused, order", [(False, "RGB"), (True, "BGR")], ids=["plain-rgb", "fused-bgr"])
+def test_fp32_trt_flavour_passes_and_equals_the_cpu_flavour(edge_ckpt, tmp_path, fused, order):
+    """BGR: the flavour OpenCV frames go into without a per-frame channel swap (runtime/README.md)."""
+    cpu = export_checkpoint(edge_ckpt, out=tmp_path, fused=fused, channel_order=order, **QUIET)
+    trt = export_checkpoint(edge_ckpt, out=tmp_path, fused=fused, channel_order=order, target="trt", **QUIET)
+    assert trt.sidecar["input"]["channel_order"] == trt.sidecar["output"]["channel_order"] == order
     assert trt.files["onnx"].name == "edge-trt.onnx" and cpu.files["onnx"].name == "edge.onnx"
     assert (trt.sidecar["target"], cpu.sidecar["target"]) == ("trt", "cpu")
     _passes(trt.files["onnx"])
@@ -88,9 +98,20 @@ def test_fp32_trt_flavour_passes_and_equals_the_cpu_flavour(edge_ckpt, tmp_path,
     assert np.array_equal(_run(trt.files["onnx"], img), _run(cpu.files["onnx"], img))
 
 
+def test_fp16_flavours_through_the_checker(edge_ckpt, tmp_path):
+    trt = export_checkpoint(edge_ckpt, out=tmp_path, precision="fp16", target="trt", **QUIET)
+    cpu = export_checkpoint(edge_ckpt, out=tmp_path, precision="fp16", **QUIET)
+    assert (trt.sidecar["precision"], trt.sidecar["target"], cpu.sidecar["target"]) == ("fp16", "trt", "cpu")
+    _passes(trt.files["onnx"])
+    (report,) = check_artifact(cpu.files["onnx"])
+    assert report.rules() == ["uint8"]
+    assert trt.sidecar["accuracy"]["psnr_drop"] <= MAX_DROP_DB
+
+
 def test_int8_ptq_trt_flavour_is_symmetric_and_within_0_1_db(edge_ckpt, tmp_path):
     trt = export_checkpoint(edge_ckpt, out=tmp_path, target="trt", method="ptq", **INT8, **QUIET)
     _passes(trt.files["onnx"])
+    assert _float_convs(trt.files["onnx"]) == []  # Q/DQ where TensorRT fuses them: every conv in INT8
     acc = trt.sidecar["accuracy"]
     assert acc["qdq_nodes"] > 10 and acc["psnr_drop"] <= MAX_DROP_DB and acc["psnr_vs_fp32"] > 35, acc
     m = onnx.load(str(trt.files["onnx"]))
@@ -123,14 +144,37 @@ def test_two_graph_int8_trt_flavour_passes_with_profiles_for_the_depth_inputs(st
 
     bare = check_model(res.files["fuse"], {"image": prof["image"]})
     assert {f.node for f in bare.findings if f.rule == "profile"} == set(names)
+    # the cpu flavour of the same two-graph export: each graph names its uint8 rule, none lacks a profile
+    cpu = export_checkpoint(student_ckpt, out=tmp_path, two_graph=True, method="ptq", **INT8, **QUIET)
+    cpu_reports = check_artifact(cpu.files["onnx"])
+    assert len(cpu_reports) == 3 and all("uint8" in r.rules() and "profile" not in r.rules() for r in cpu_reports)
+    assert set(cpu.sidecar["profiles"]["fuse"]) == {"image", *names} and cpu.sidecar["target"] == "cpu"
+
+
+def test_sidecar_without_profiles_names_the_missing_inputs_and_the_fix(tmp_path):
+    """tests/_artifacts' contract artifact records only shape_ranges (no ``profiles``, as before per-graph
+    profiles): its fuse graph's depth input has no profile, and the finding says to re-export."""
+    try:
+        from _artifacts import make_artifact
+    except ImportError:  # tests/ imported as a package
+        from tests._artifacts import make_artifact
+
+    art = make_artifact(tmp_path, two_graph=True)
+    fuse = next(r for r in check_artifact(art.with_suffix(".json")) if r.graph.endswith(".fuse.onnx"))
+    missing = [f for f in fuse.findings if f.rule == "profile"]
+    assert [f.node for f in missing] == ["depth_0"] and "re-export with edgehaze export" in missing[0].message
 
 
 @pytest.mark.slow  # NNCF compiles its extension on first use (minutes on 2 cores); ~10 s after that
 def test_int8_qat_trt_flavour_uses_signed_activations(edge_ckpt, tmp_path):
     res = export_checkpoint(edge_ckpt, out=tmp_path, target="trt", qat_steps=3, **INT8, **QUIET)
     _passes(res.files["onnx"])
+    assert _float_convs(res.files["onnx"]) == []
     acc = res.sidecar["accuracy"]
     assert acc["method"] == "qat" and acc["psnr_drop"] <= MAX_DROP_DB, acc
+    cpu = export_checkpoint(edge_ckpt, out=tmp_path, qat_steps=3, **INT8, **QUIET)
+    (report,) = check_artifact(cpu.files["onnx"])
+    assert {"qdq-type", "qdq-zero-point", "uint8"} <= set(report.rules()), report.rules()
 
 
 def test_cli_check_prints_verdict_and_gpu_commands(edge_ckpt, tmp_path, capsys):
@@ -143,6 +187,7 @@ def test_cli_check_prints_verdict_and_gpu_commands(edge_ckpt, tmp_path, capsys):
     assert f"trtexec --onnx={tmp_path / 'edge-trt.onnx'}" in out
     assert "--minShapes=image:1x32x32x3" in out and "--maxShapes=image:1x1080x1920x3" in out
     assert "polygraphy run" in out
+    assert f"python runtime/build_engine.py {tmp_path / 'edge-trt.onnx'}" in out  # the engine is built on the device
     assert main(["export", "--checkpoint", str(edge_ckpt), "--out", str(tmp_path)]) == 0
     capsys.readouterr()
     assert main(["export", "--check", "trt", "--onnx", str(tmp_path / "edge.onnx")]) == 1

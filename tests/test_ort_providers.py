@@ -77,6 +77,20 @@ def test_fuse_graph_profiles_cover_every_dynamic_input(art):
         trt_provider_options(meta, "fuse", device_id=0, cache_dir="/c", ort_version="1.20")
 
 
+
+def test_fuse_profiles_recorded_by_the_export_are_read_not_measured(art):
+    """``edgehaze export`` records ``profiles.fuse``; the runtime uses it while its ``image`` entry is current."""
+    meta = meta_of(art)
+    feats = {"min": [1, 4, 4, 4], "opt": [1, 4, 24, 32], "max": [1, 4, 540, 960]}
+    meta["profiles"] = {"fuse": {"image": dict(meta["shape_ranges"]), "depth_0": feats}}
+    assert measure_feature_profiles(None, meta, ["depth_0"]) == {"depth_0": feats}  # None: nothing may run
+    # a sidecar whose shape_ranges were edited after the export: the recorded shapes are stale, so measure
+    stale = meta_of(art)
+    stale["profiles"] = {"fuse": {"image": {**stale["shape_ranges"], "max": [1, 720, 1280, 3]},
+                                  "depth_0": {**feats, "max": [1, 4, 360, 640]}}}
+    depth = ort.InferenceSession(str(art.with_name("tiny.depth.onnx")), providers=["CPUExecutionProvider"])
+    assert measure_feature_profiles(depth, stale, ["depth_0"]) == {"depth_0": feats}
+
 def test_placement_is_reported_per_graph(art):
     with runtime.Dehazer(art) as d:
         assert d.backend_name == "onnxruntime/CPUExecutionProvider"
