@@ -71,6 +71,46 @@ def _sgdn_run(model, image):  # official test: model(lq)[0]; odd sizes through t
     return model(module.pad_img(image, 8))[0][:, :, :h, :w]
 
 
+class _CpuTorch:
+    """``torch`` for the official CoA student on a CPU: its DEConv kernels are
+    assembled in ``torch.cuda.FloatTensor(...)`` buffers (CUDA-only). This
+    proxy gives those zero-filled buffers on the CPU, in the default dtype
+    (float64 while a reference is written, float32 otherwise, as the weights);
+    every other attribute is torch's own."""
+
+    class _Cuda:
+        @staticmethod
+        def FloatTensor(*shape):  # noqa: N802 (the official call's name)
+            return torch.empty(*shape, dtype=torch.get_default_dtype())
+
+        def __getattr__(self, name):  # type: ignore[no-untyped-def]
+            return getattr(torch.cuda, name)
+
+    cuda = _Cuda()
+
+    def __getattr__(self, name):  # type: ignore[no-untyped-def]
+        return getattr(torch, name)
+
+
+def _coa_build(module, cls):
+    module.torch = _CpuTorch()
+    return getattr(module, cls)()
+
+
+def _coa_run(model, image):
+    """The official data pipeline's CLIP normalisation (``preprocess_feature``),
+    reflect pad bottom/right to a multiple of 16 (the official scripts pad to 4
+    on 256 crops; other sizes need 16), ``model(x)[0]``, crop; buffers in the image's dtype."""
+    mean = torch.tensor((0.48145466, 0.4578275, 0.40821073), dtype=image.dtype)[:, None, None]
+    std = torch.tensor((0.26862954, 0.26130258, 0.27577711), dtype=image.dtype)[:, None, None]
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(image.dtype)
+    try:
+        return _padded_run(16)(lambda x: model(x)[0], (image - mean) / std)
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def _stub_profilers():
     """The official MB-TaylorFormer file imports torchstat (used only in its __main__)."""
     import types
@@ -99,6 +139,20 @@ SPECS = {
         build=lambda m: m.SGDN(),
         run=_sgdn_run,
         size=(21, 27),
+    ),
+    "coa": Spec(  # the student as it trains (DEConv): Student.pth / EMA.pth
+        repo="YanZhang-zy/CoA",
+        files=("model/Student.py",),
+        module="model.Student",
+        build=lambda m: _coa_build(m, "Student"),
+        run=_coa_run,
+    ),
+    "coa-r": Spec(  # the re-parameterised student: EMA_r.pth
+        repo="YanZhang-zy/CoA",
+        files=("model/Student_x.py",),
+        module="model.Student_x",
+        build=lambda m: _coa_build(m, "Student_x"),
+        run=_coa_run,
     ),
 }
 

@@ -91,6 +91,26 @@ def seeded_image(h: int, w: int, seed: int) -> torch.Tensor:
     return torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(seed))
 
 
+def check_size_and_fusion_points(model: torch.nn.Module, size: Tuple[int, int], multiple: int) -> None:
+    """``model`` (a backbone) returns an image of the input's size, and each
+    declared fusion point outputs its declared channels at its stride of the
+    image padded to ``multiple``."""
+    seen = {}
+    hooks = [model.get_submodule(p.name).register_forward_hook(
+        lambda _m, _i, out, n=p.name: seen.__setitem__(n, tuple(out.shape))) for p in model.fusion_points()]
+    try:
+        with torch.no_grad():
+            y = model(seeded_image(*size, seed=3))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert y.shape == (1, 3, *size) and torch.isfinite(y).all()
+    hp, wp = (-(-s // multiple) * multiple for s in size)
+    assert set(seen) == {p.name for p in model.fusion_points()}
+    for p in model.fusion_points():
+        assert seen[p.name] == (1, p.channels, hp // p.stride, wp // p.stride), p.name
+
+
 def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
     """max |ours - ref| / max |ref|."""
     return float((ours.double() - ref.double()).abs().max() / ref.double().abs().max())

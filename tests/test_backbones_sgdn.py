@@ -95,18 +95,7 @@ def test_registered_with_official_parameter_count(shapes):
 @pytest.mark.parametrize("size", [(19, 23), (5, 3)])
 def test_any_size_same_size_output_and_fusion_point_shapes(size):
     torch.manual_seed(0)
-    model = sgdn().eval()
-    seen = {}
-    hooks = [model.get_submodule(p.name).register_forward_hook(
-        lambda _m, _i, out, n=p.name: seen.__setitem__(n, tuple(out.shape))) for p in model.fusion_points()]
-    with torch.no_grad():
-        y = model(official_code.seeded_image(*size, seed=3))
-    for h in hooks:
-        h.remove()
-    assert y.shape == (1, 3, *size) and torch.isfinite(y).all()
-    hp, wp = (-(-s // 8) * 8 for s in size)
-    for p in model.fusion_points():
-        assert seen[p.name] == (1, p.channels, hp // p.stride, wp // p.stride), p.name
+    official_code.check_size_and_fusion_points(sgdn().eval(), size, multiple=8)
 
 
 def test_wrong_or_bad_checkpoint_is_one_line_error(tmp_path):

@@ -29,7 +29,7 @@ from edgehaze.models.fusion_prompt import PromptFusedBlock
 torch.set_num_threads(1)
 TINY = {"input_size": 28}
 MODES = ("input-channel", "selfpromer")
-BACKBONES = ("edge-xs", "dehazeformer-t", "oknet", "mb-taylorformer-b", "sgdn")
+BACKBONES = ("edge-xs", "dehazeformer-t", "oknet", "mb-taylorformer-b", "sgdn", "coa")
 
 
 def _model(backbone: str, fusion, seed: int = 0):  # type: ignore[no-untyped-def]
