@@ -1,4 +1,7 @@
-"""``edgehaze report``: parameters and FLOPs of backbone, depth branch and fusion."""
+"""``edgehaze report``: parameters and FLOPs of backbone, depth branch and fusion.
+
+``--backbones all`` prints every backbone beside the paper's Table 1 and what
+each fusion mode adds to it (:mod:`edgehaze.models.cost_table`)."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +13,10 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="an edgehaze checkpoint")
     src.add_argument("--backbone", help="a backbone name (edge-s, dehazeformer-t, ...)")
+    src.add_argument("--backbones", help="'all' or a comma-separated list: each backbone beside the paper's "
+                     "Table 1, and what each --modes adds (depth model --depth, default dav2-l, without weights)")
+    p.add_argument("--modes", default=",".join(("full", "lite", "input-channel", "selfpromer")),
+                   help="with --backbones: comma-separated fusion variants/modes to cost")
     p.add_argument("--depth", default=None, help="depth model name (tiny, dav2-l, da3-mono-l, student-s, ...)")
     p.add_argument("--depth-weights", default=None, help="local weights of the depth model")
     p.add_argument(
@@ -33,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
 
     from edgehaze.errors import EdgehazeError
 
+    if args.backbones:
+        return run_table(args)
     if args.checkpoint:
         if args.random_depth or args.depth_input_size:
             raise EdgehazeError(f"{args.checkpoint}: --random-depth and --depth-input-size build a model by name; "
@@ -56,4 +65,27 @@ def run(args: argparse.Namespace) -> int:
     print(format_report(report))
     if args.json_out:
         atomic_write_text(args.json_out, json.dumps(report, indent=2))
+    return 0
+
+
+def run_table(args: argparse.Namespace) -> int:
+    """``--backbones``: the cost table (counted on the meta device, depth without weights)."""
+    import sys
+
+    from edgehaze.errors import EdgehazeError
+    from edgehaze.fsutil import atomic_write_text
+    from edgehaze.models.cost_table import cost_rows, format_cost_table, resolve_backbones
+
+    if args.depth_weights or args.random_depth:
+        raise EdgehazeError("--backbones counts architectures without weights (weights do not change a count): "
+                            "drop --depth-weights / --random-depth")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes:
+        raise EdgehazeError("--modes: give at least one fusion variant or mode (full, lite, input-channel, selfpromer)")
+    depth_kwargs = {"input_size": args.depth_input_size} if args.depth_input_size else {}
+    table = cost_rows(resolve_backbones(args.backbones), modes, tuple(args.size), depth=args.depth or "dav2-l",
+                      depth_kwargs=depth_kwargs, progress=lambda name: print(f"counting {name} ...", file=sys.stderr))
+    print(format_cost_table(table))
+    if args.json_out:
+        atomic_write_text(args.json_out, json.dumps(table, indent=2))
     return 0
