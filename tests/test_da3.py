@@ -89,17 +89,19 @@ def _write_release(tmp_path, official) -> str:
     return str(folder)
 
 
-def _fidelity(official, ours: Da3MonoTeacher, x: torch.Tensor):
+def _fidelity(official, ours: Da3MonoTeacher, x: torch.Tensor, second: str = "sky"):
+    """Largest |ours - official| / official range of depth, the model's ``second`` output
+    (``ours.depth_and_<second>``; sky here, confidence for DA3-Small/Base) and the four levels."""
     taps = []
     hooks = [getattr(official.head.scratch, f"refinenet{i}").register_forward_hook(
         lambda m, a, out: taps.append(out)) for i in (4, 3, 2, 1)]
     with torch.no_grad():
-        ref_depth, ref_sky = official(x)
-        depth, sky = ours.depth_and_sky(x)
+        ref_depth, ref_second = official(x)
+        depth, other = getattr(ours, f"depth_and_{second}")(x)
         feats = ours.neck_features(x)
     for h in hooks:
         h.remove()
-    rows = {"depth": (depth, ref_depth), "sky": (sky, ref_sky)}
+    rows = {"depth": (depth, ref_depth), second: (other, ref_second)}
     for i, (f, r) in enumerate(zip(feats, taps[::-1])):
         rows[f"level{i}"] = (f, r)
     out = {}
@@ -170,7 +172,8 @@ def test_registry_licences_and_feature_shapes():
 
 
 @pytest.mark.parametrize("name, where", [("da3-mono-l", "depth-anything/DA3MONO-LARGE"),
-                                         ("da3-metric-l", "depth-anything/DA3METRIC-LARGE")])
+                                         ("da3-metric-l", "depth-anything/DA3METRIC-LARGE"),
+                                         ("da3-s", "depth-anything/DA3-SMALL"), ("da3-b", "depth-anything/DA3-BASE")])
 def test_missing_weights_say_where_they_are_published(name, where):
     with pytest.raises(MissingWeightsError) as err:
         DEPTH_MODELS.build(name)
@@ -204,4 +207,6 @@ def test_parameters_are_the_official_models(official_code):
     ours = Da3MonoTeacher("da3-mono-l", random_init=True, arch="vits")
     n_official = sum(p.numel() for p in official.parameters())
     assert sum(p.numel() for p in ours.parameters()) == n_official
-    assert len(list(ours.parameters())) == len(list(official.parameters()))
+    # the official blocks fuse q/k/v in one Linear: two tensors where transformers has six
+    fused = 4 * len(official.backbone.pretrained.blocks)
+    assert len(list(ours.parameters())) == len(list(official.parameters())) + fused

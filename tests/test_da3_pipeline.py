@@ -152,7 +152,8 @@ def test_every_released_teacher_has_its_licence_in_the_table():
 def test_distill_cli_da3_without_weights_names_the_release(capsys):
     from edgehaze.cli import main
 
-    for name, where in (("da3-mono-l", "DA3MONO-LARGE"), ("da3-metric-l", "DA3METRIC-LARGE")):
+    for name, where in (("da3-mono-l", "DA3MONO-LARGE"), ("da3-metric-l", "DA3METRIC-LARGE"),
+                        ("da3-s", "DA3-SMALL"), ("da3-b", "DA3-BASE")):
         assert main(["distill", "--teacher", name]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "--depth-weights" in err and where in err

@@ -32,7 +32,7 @@ downloaded. Position embeddings are resized with the official DINOv2 formula
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -88,6 +88,31 @@ def split_official_state(state: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torc
     return dav2, sky
 
 
+def adjust_to_release(model: nn.Module) -> None:
+    """Where a DA3 release departs from transformers' DAv2 network, for every DA3 size.
+
+    The final backbone LayerNorm has eps 1e-5 (``nn.LayerNorm``'s default);
+    the coarsest refinenet has no first residual unit (transformers builds one
+    it never calls) and there is no mask token (masked training only): both
+    are dropped, so parameter counts are the release's.
+    """
+    model.backbone.layernorm.eps = FINAL_NORM_EPS
+    model.neck.fusion_stage.layers[0].residual_layer1 = None
+    model.backbone.embeddings.mask_token = None
+
+
+def state_mismatch(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> str:
+    """What keeps ``state`` from loading strictly into a module whose state is ``own``
+    ('' when keys and shapes all match), short enough for a one-line error."""
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    bad = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if not (missing or unexpected or bad):
+        return ""
+    detail = f", shape of {bad[0]} {tuple(state[bad[0]].shape)} vs {tuple(own[bad[0]].shape)}" if bad else ""
+    return f"missing {missing[:3]}, unexpected {unexpected[:3]}{detail}"
+
+
 def _sky_head(features: int) -> nn.Sequential:
     """The official sky branch: conv3x3(features/2 -> 32), ReLU, conv1x1(32 -> 1), ReLU."""
     return nn.Sequential(nn.Conv2d(features // 2, 32, 3, 1, 1), nn.ReLU(), nn.Conv2d(32, 1, 1), nn.ReLU())
@@ -112,12 +137,7 @@ class Da3MonoTeacher(DinoDptTeacher):
         self.sky_head = _sky_head(self.spec.features)
 
     def _adjust(self) -> None:
-        self.model.backbone.layernorm.eps = FINAL_NORM_EPS
-        # the official coarsest refinenet has no first residual unit; transformers
-        # builds one it never calls: drop it, so parameter counts are the release's
-        self.model.neck.fusion_stage.layers[0].residual_layer1 = None
-        # nor a mask token (masked training only)
-        self.model.backbone.embeddings.mask_token = None
+        adjust_to_release(self.model)
 
     # -- weights --------------------------------------------------------------
     def _load(self, path: Path) -> None:
@@ -128,16 +148,12 @@ class Da3MonoTeacher(DinoDptTeacher):
             hf_state = dav2_convert.official_to_transformers(dav2_state)
         except ValueError as exc:
             raise CheckpointError(f"{path}: not a Depth Anything 3 monocular checkpoint ({exc}); pass {where}") from None
-        own = self.model.state_dict()
         hf_state.pop("backbone.embeddings.mask_token", None)  # not in the release; dropped if a file has one
-        missing = sorted(set(own) - set(hf_state))
-        unexpected = sorted(set(hf_state) - set(own))
-        bad = [k for k in own if k in hf_state and own[k].shape != hf_state[k].shape]
-        if missing or unexpected or bad or set(sky_state) != set(self.sky_head.state_dict()):
-            detail = bad[:1] and f"shape of {bad[0]} {tuple(hf_state[bad[0]].shape)} vs {tuple(own[bad[0]].shape)}"
-            raise CheckpointError(
-                f"{path}: does not match depth model '{self.model_id}' (a {self.spec.name} DA3 mono: "
-                f"missing {missing[:3]}, unexpected {unexpected[:3]} {detail or ''}); pass {where}")
+        differs = (state_mismatch(self.model.state_dict(), hf_state)
+                   or state_mismatch(self.sky_head.state_dict(), sky_state))
+        if differs:
+            raise CheckpointError(f"{path}: does not match depth model '{self.model_id}' "
+                                  f"(a {self.spec.name} DA3 mono: {differs}); pass {where}")
         self.model.load_state_dict(hf_state, strict=True)
         self.sky_head.load_state_dict(sky_state, strict=True)
 
@@ -167,4 +183,4 @@ def da3_tiny(weights: Optional[str] = None, input_size: int = 518, seed: int = 0
     return Da3MonoTeacher("da3-tiny", weights=weights, input_size=input_size, seed=seed, random_init=random_init)
 
 
-__all__ = ("Da3MonoTeacher", "read_official_state", "split_official_state")
+__all__ = ("Da3MonoTeacher", "adjust_to_release", "read_official_state", "split_official_state", "state_mismatch")

@@ -307,6 +307,8 @@ class DinoDptTeacher(DepthProvider):
 
     trainable = False
     releases: Dict[str, TeacherRelease] = {}
+    #: the family's sizes, by the names its ``releases`` use
+    archs: Dict[str, Dav2Arch] = ARCHS
     tiny_id = ""
     family = ""
     #: what else ``--depth-weights`` accepts, for the missing-weights message
@@ -325,7 +327,7 @@ class DinoDptTeacher(DepthProvider):
             raise ConfigError("random_init=True and depth weights are exclusive")
         release = self.releases[model_id]
         self.model_id, self.license, self.input_size = model_id, release.license, input_size
-        self.spec = ARCHS[arch or release.arch]
+        self.spec = self.archs[arch or release.arch]
         weights_path = None if random_init else check_weights(release, weights, self.tiny_id, self.other_sources)
         if random_init:
             self.license = "none (random init, cost measurements only)"
@@ -337,7 +339,7 @@ class DinoDptTeacher(DepthProvider):
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                self.model = DepthAnythingForDepthEstimation(build_config(self.spec))
+                self.model = DepthAnythingForDepthEstimation(self._config())
                 self._add_modules()
                 if self.spec.name == "tiny":
                     _init_tiny(self.model)
@@ -360,6 +362,10 @@ class DinoDptTeacher(DepthProvider):
         self.train(False)
 
     # -- family hooks -------------------------------------------------------
+    def _config(self):  # type: ignore[no-untyped-def]
+        """transformers' configuration of the network for ``self.spec`` (DAv2's by default)."""
+        return build_config(self.spec)
+
     def _add_modules(self) -> None:
         """Build modules beyond transformers' network (under the build seed)."""
 
