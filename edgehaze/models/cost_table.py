@@ -33,7 +33,7 @@ size DehazeFormer, MB-TaylorFormer and OKNet report at).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -101,7 +101,8 @@ def _mode_cost(backbone: str, depth: str, mode: str, x: torch.Tensor, depth_kwar
 
 
 def cost_rows(backbones: Sequence[str], modes: Sequence[str] = MODES, size: Tuple[int, int] = (256, 256),
-              depth: str = "dav2-l", depth_kwargs: Optional[dict] = None, progress=None) -> Dict[str, object]:  # type: ignore[no-untyped-def]
+              depth: str = "dav2-l", depth_kwargs: Optional[dict] = None,
+              progress: Optional[Callable[[str], None]] = None) -> Dict[str, object]:
     """Backbone and per-mode fusion costs of every backbone, the depth passes per mode, the paper's rows.
 
     The same split as :func:`edgehaze.models.report.model_report` (tested
@@ -130,7 +131,7 @@ def cost_rows(backbones: Sequence[str], modes: Sequence[str] = MODES, size: Tupl
             "modes": list(modes), "rows": rows, "depth_passes": depth_cost}
 
 
-def _pair(params: float, flops: float, sign: str = "") -> str:
+def cost_cell(params: float, flops: float, sign: str = "") -> str:
     """``1.234 M / 5.67 G``; small parameter counts in K, small FLOP counts with 3 significant digits."""
     p = f"{params / 1e6:.3f} M" if params >= 1e5 else f"{params / 1e3:.2f} K"
     f = f"{flops / 1e9:.2f} G" if flops >= 1e9 else f"{flops / 1e9:.3g} G"
@@ -160,12 +161,12 @@ def format_cost_table(table: Dict[str, object]) -> str:
               "| backbone | " + " | ".join(f"+ {m}" for m in modes) + " | paper +Ours | paper +SelfPromer |",
               "|---|" + "---:|" * (len(modes) + 2)]
     for r in rows:
-        cells = [_pair(r["modes"][m]["params"], r["modes"][m]["flops"], "+") for m in modes]
+        cells = [cost_cell(r["modes"][m]["params"], r["modes"][m]["flops"], "+") for m in modes]
         p = r["paper"]
         paper = [_paper_pair(p["ours"]), _paper_pair(p["selfpromer"])] if p else ["", ""]
         lines.append(f"| {r['backbone']} | " + " | ".join(cells + paper) + " |")
     passes: Dict[str, Dict[str, float]] = table["depth_passes"]  # type: ignore[assignment]
     lines += ["", "Depth model passes per frame (the same on every backbone): " + "; ".join(
-        f"{m} {_pair(v['params'], v['flops'])}" for m, v in passes.items()),
+        f"{m} {cost_cell(v['params'], v['flops'])}" for m, v in passes.items()),
         "(PromptHaze, the paper's other competitor, has no public code and is not built.)"]
     return "\n".join(lines)
