@@ -272,6 +272,7 @@ def build_student(
         depth_kwargs=kwargs,
         fusion=args["fusion"],
         points=args["points"],
+        depth_image_size=args.get("depth_image_size"),
     )
     if not model.depth.trainable:
         raise ConfigError(f"student '{student}' is a frozen teacher model; choose a student encoder (student-s, ...)")

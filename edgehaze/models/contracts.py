@@ -115,3 +115,23 @@ class DepthProvider(nn.Module):
 
     def build_kwargs(self) -> dict:
         return dict(getattr(self, "_build_kwargs", {}))
+
+    def image_strides(self, height: int, width: int) -> List[float]:
+        """Stride of each returned map relative to an image of ``height x width``.
+
+        ``feature_strides`` are relative to the network's input. A provider
+        that resizes the image first (the ViT teachers: shorter side to
+        ``input_size``) exposes that resize as ``preprocess``; its maps are
+        then coarser or finer relative to the image by the resize factor
+        (a 98 px teacher input on a 460 px image: 4.7x coarser). Why: a
+        fusion point should take the level whose stride matches relative to
+        the *image* it refines, not to the teacher's input (issue 16, item 2).
+        """
+        nominal = [float(s) for s in self.feature_strides]
+        prep = getattr(self, "preprocess", None)
+        if not callable(prep):
+            return nominal
+        with torch.no_grad():
+            net_h, net_w = prep(torch.zeros(1, 3, int(height), int(width))).shape[-2:]
+        factor = ((height / net_h) * (width / net_w)) ** 0.5  # aspect kept up to rounding to the patch
+        return [s * factor for s in nominal]

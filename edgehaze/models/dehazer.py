@@ -4,8 +4,12 @@ Fusion is plugged in by declaration: the backbone lists its fusion points
 (dotted module names) and this class replaces each chosen sub-module ``F`` by
 a :class:`~edgehaze.models.fusion.FusedBlock` wrapping it. Before the
 backbone runs, each fused block is handed the depth feature map whose stride
-is closest to its own. With both zero-convolutions on, the output at
-initialisation equals the bare backbone's output exactly, for any H x W.
+is closest to its own: relative to the teacher's input by default, or, with
+``depth_image_size=(H, W)``, relative to an image of that size (the
+teacher's resize to its input taken into account; the level is fixed when
+the model is built, so trained weights always see the level they learned).
+With both zero-convolutions on, the output at initialisation equals the
+bare backbone's output exactly, for any H x W.
 
 The two baselines of :mod:`edgehaze.models.fusion_modes` plug in the same
 way: ``fusion: input-channel`` wraps the backbone's input points (the convs
@@ -62,6 +66,10 @@ class DepthGuidedDehazer(nn.Module):
         baseline mode (``input-channel``, ``selfpromer``, or a dict with ``mode:``).
     points: names of the fusion points to use (default: all declared; for
         input-channel the input points; for selfpromer the first coarsest).
+    depth_image_size: ``(H, W)`` of the images the model is trained and run
+        on; each fusion point then takes the depth level whose stride is
+        nearest relative to such an image (:meth:`DepthProvider.image_strides`).
+        None: nearest relative to the depth model's input (the nominal strides).
     """
 
     def __init__(
@@ -70,9 +78,11 @@ class DepthGuidedDehazer(nn.Module):
         depth: Optional[DepthProvider] = None,
         fusion: Union[str, dict, FusionConfig, None] = None,
         points: Optional[Sequence[str]] = None,
+        depth_image_size: Optional[Sequence[int]] = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
+        self.depth_image_size = _image_size(depth_image_size)
         self.depth = depth
         self.fusion_cfg = resolve_fusion_mode(fusion)
         self.fusion_mode = mode_of(self.fusion_cfg)
@@ -93,13 +103,21 @@ class DepthGuidedDehazer(nn.Module):
             check_depth_map_provider(depth, self.fusion_mode)
             self.depth_input_channels = [1 if self.fusion_mode == INPUT_CHANNEL else 2]
             self.depth_input_strides = [1.0]
+        strides = self._level_strides()
         for point in self.points:
             parent, attr = _split_parent(backbone, point.name)
-            level = 0 if self.fusion_mode != GATED else nearest_level(point.stride, depth.feature_strides)
+            level = 0 if self.fusion_mode != GATED else nearest_level(point.stride, strides)
             setattr(parent, attr, self._wrap(getattr(parent, attr), point, level))
             self.levels.append(level)
         # Keep handles without registering the blocks twice in the state dict.
         self._blocks = [_split_parent(backbone, p.name) for p in self.points]
+
+    def _level_strides(self) -> List[float]:
+        """The depth levels' strides the fusion points are matched against (see ``depth_image_size``)."""
+        assert self.depth is not None
+        if self.depth_image_size is None:
+            return [float(s) for s in self.depth.feature_strides]
+        return self.depth.image_strides(*self.depth_image_size)
 
     def _chosen_points(self, points: Optional[Sequence[str]]) -> List[Union[FusionPoint, InputPoint]]:
         """The declared points this mode uses: all by default (selfpromer: the
@@ -233,6 +251,8 @@ class DepthGuidedDehazer(nn.Module):
             "depth_weights": depth_weights,
             "fusion": self.fusion_cfg.to_dict(),
             "points": [p.name for p in self.points] if self.depth is not None else None,
+            # only when set: checkpoints without it rebuild with the nominal strides, as they were trained
+            **({"depth_image_size": list(self.depth_image_size)} if self.depth_image_size is not None else {}),
         }
 
     def persistent_state_dict(self) -> Dict[str, torch.Tensor]:
@@ -243,9 +263,22 @@ class DepthGuidedDehazer(nn.Module):
         return sd
 
 
+def _image_size(size: Optional[Sequence[int]]) -> Optional[tuple]:
+    """``depth_image_size`` checked: None or two positive integers (H, W)."""
+    if size is None:
+        return None
+    vals = list(size)
+    if len(vals) != 2 or not all(isinstance(v, int) and v > 0 for v in vals):
+        from edgehaze.errors import ConfigError
+
+        raise ConfigError(f"depth_image_size must be [height, width] in pixels, got {size!r}")
+    return (vals[0], vals[1])
+
+
 def build_depth(name: str, weights: Optional[str] = None, **kwargs) -> DepthProvider:  # type: ignore[no-untyped-def]
     """Build a registered depth provider (teacher or student) by name."""
     import edgehaze.models.depth  # noqa: F401  (registration)
+    from edgehaze.models.depth import oracle  # noqa: F401  (registration; not in the teachers' list)
 
     _maybe_register_students()
     if weights is not None:
@@ -277,6 +310,7 @@ def build_dehazer(
     backbone_kwargs: Optional[dict] = None,
     depth_kwargs: Optional[dict] = None,
     backbone_weights: Optional[str] = None,
+    depth_image_size: Optional[Sequence[int]] = None,
 ) -> DepthGuidedDehazer:
     """Build a dehazer: ``depth=None`` gives the bare backbone.
 
@@ -287,4 +321,4 @@ def build_dehazer(
         bkw["weights"] = backbone_weights
     net = build_backbone(backbone, **bkw)
     provider = build_depth(depth, weights=depth_weights, **(depth_kwargs or {})) if depth else None
-    return DepthGuidedDehazer(net, provider, fusion=fusion, points=points)
+    return DepthGuidedDehazer(net, provider, fusion=fusion, points=points, depth_image_size=depth_image_size)

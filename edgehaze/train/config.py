@@ -45,6 +45,10 @@ class ModelConfig:
     depth/depth_weights/depth_kwargs: the depth teacher used by the fused
         stage (``depth_kwargs.input_size`` sets its input resolution).
     fusion/points: fusion variant (name or options) and fusion points.
+    depth_image_size: ``[H, W]`` of the training/test images: each fusion
+        point then takes the depth level whose stride is nearest relative
+        to such an image (the teacher's resize to its input counted), not to
+        the teacher's input. null: relative to the teacher's input.
     """
 
     backbone: str = "edge-s"
@@ -55,6 +59,7 @@ class ModelConfig:
     depth_kwargs: Dict[str, Any] = field(default_factory=dict)
     fusion: Union[str, Dict[str, Any]] = "full"
     points: Optional[List[str]] = None
+    depth_image_size: Optional[List[int]] = None
 
 
 @dataclass
@@ -255,6 +260,12 @@ class TrainConfig:
         if not 0.0 <= t.ema < 1.0:
             raise ConfigError(f"{where}: 'train.ema' is a decay in [0, 1), got {t.ema}")
         _check_choice(t.depth_scale, ("full_image", "crop"), "train.depth_scale", where)
+        size = self.model.depth_image_size
+        if size is not None and (len(size) != 2 or min(size) < 1):
+            raise ConfigError(f"{where}: 'model.depth_image_size' needs [height, width] in pixels, got {size}")
+        if self.model.depth == "oracle" and t.depth_scale != "full_image":
+            raise ConfigError(f"{where}: 'model.depth: oracle' knows whole images only; it needs "
+                              "'train.depth_scale: full_image' (the crops then take their part of it)")
         if t.depth_cache and t.depth_scale == "crop" and (self.data.crop is not None or self.data.flip):
             raise ConfigError(
                 f"{where}: 'train.depth_cache: true' stores one feature set per image and is only valid "

@@ -286,6 +286,7 @@ def build_fused_model(cfg: TrainConfig, stage1: Optional[Dict[str, torch.Tensor]
         points=m.points,
         backbone_kwargs=m.backbone_kwargs,
         depth_kwargs=m.depth_kwargs,
+        depth_image_size=m.depth_image_size,
     )
     if stage1 is not None:
         load_stage1_weights(model, stage1, source)
