@@ -109,3 +109,24 @@ def test_synth_rgbd_cli_writes_split_dataset(tmp_path, capsys):
     assert (out / "train" / "depth" / "s0.npy").is_file()
     assert main(["synth", "--rgbd", str(tmp_path / "missing"), "--out", str(out)]) != 0
     assert "--rgbd" in capsys.readouterr().err
+
+
+def test_synth_rgbd_variants_per_source(tmp_path, capsys):
+    """--variants 3 1: three renderings of each scene of the first --rgbd, one of the second's; a count per
+    source or one for all, anything else is the one-line error naming --variants."""
+    from edgehaze.cli import main
+    from edgehaze.imageio import write_image
+
+    for name, n in (("a", 4), ("b", 4)):
+        for k in range(n):
+            clear, depth = _scene(seed=k + (10 if name == "b" else 0))
+            write_image(tmp_path / name / "clear" / f"{name}{k}.png", clear)
+            (tmp_path / name / "depth").mkdir(parents=True, exist_ok=True)
+            np.save(tmp_path / name / "depth" / f"{name}{k}.npy", depth * 10)
+    out = tmp_path / "out"
+    args = ["synth", "--rgbd", str(tmp_path / "a"), "--rgbd", str(tmp_path / "b"), "--val-every", "0"]
+    assert main(args + ["--variants", "3", "1", "--out", str(out)]) == 0
+    names = sorted(p.stem for p in (out / "train" / "hazy").glob("*.png"))
+    assert sum(n.startswith("a") for n in names) == 4 * 3 and sum(n.startswith("b") for n in names) == 4 * 1
+    assert main(args + ["--variants", "1", "2", "3", "--out", str(tmp_path / "bad")]) != 0
+    assert "--variants 1 2 3: give one count, or one per --rgbd (2 given)" in capsys.readouterr().err

@@ -39,7 +39,9 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
                      help="real RGB-D folder (repeatable): FRIDA2, clear/+depth/, or hazy/+gt/ pairs")
     rg = p.add_argument_group("--rgbd options")
     rg.add_argument("--rgbd-layout", choices=["auto", "pairs", "frida2", "generic"], default="auto")
-    rg.add_argument("--variants", type=int, default=8, help="hazy renderings per scene (default 8)")
+    rg.add_argument("--variants", type=int, nargs="+", default=[8],
+                    help="hazy renderings per scene (default 8); one count, or one per --rgbd in order "
+                         "(e.g. --variants 12 4 to weight the first source up)")
     rg.add_argument("--test-variants", type=int, default=None, help="renderings per test scene (default: --variants)")
     rg.add_argument("--test-every", type=int, default=None,
                     help="every K-th scene is test (default: 5 for FRIDA2, 0 = none otherwise)")

@@ -188,35 +188,58 @@ def _own_pairs(source: RGBDSource, scene: RGBDScene) -> List[Tuple[str, Path]]:
     return []
 
 
+def variants_per_source(variants: "int | Sequence[int]", n_sources: int) -> List[int]:
+    """``--variants``: one count for every source, or one per ``--rgbd`` in order.
+
+    Per-source counts balance a mix: 35 indoor scenes beside 66 road scenes
+    are under a third of the pairs at equal counts, and the indoor share is
+    what decides quality indoors (``configs/real_edge-s.yaml``).
+    """
+    counts = [int(variants)] * n_sources if isinstance(variants, int) else [int(v) for v in variants]
+    if len(counts) == 1 and n_sources > 1:
+        counts = counts * n_sources
+    if len(counts) != n_sources:
+        raise EdgehazeError(f"--variants {' '.join(map(str, counts))}: give one count, or one per --rgbd "
+                            f"({n_sources} given)")
+    return counts
+
+
 def make_rgbd_dataset(
-    sources: Sequence[RGBDSource], out: "str | Path", variants: int = 8, recipe: HazeRecipe = HazeRecipe(),
+    sources: Sequence[RGBDSource], out: "str | Path", variants: "int | Sequence[int]" = 8,
+    recipe: HazeRecipe = HazeRecipe(),
     seed: int = 0, val_every: int = 7, keep_pairs: bool = False, test_variants: Optional[int] = None,
     progress: bool = True,
 ) -> Dict[str, int]:
-    """Write the hazed dataset (module docstring); returns images written per split."""
+    """Write the hazed dataset (module docstring); returns images written per split.
+
+    ``variants``: renderings per scene, one count or one per source
+    (:func:`variants_per_source`).
+    """
     from edgehaze.fsutil import atomic_write_bytes
     from edgehaze.imageio import read_image
 
     recipe.validate()
-    if variants < (0 if keep_pairs else 1):
-        raise EdgehazeError(f"--variants {variants}: need at least 1 (or 0 with --keep-pairs: the original pairs only)")
+    per_source = variants_per_source(variants, len(sources))
+    if min(per_source) < (0 if keep_pairs else 1):
+        raise EdgehazeError(f"--variants {' '.join(map(str, per_source))}: need at least 1 (or 0 with --keep-pairs: "
+                            "the original pairs only)")
     out = Path(out)
-    jobs: List[Tuple[RGBDSource, RGBDScene, str]] = []
-    for src in sources:
+    jobs: List[Tuple[RGBDSource, RGBDScene, str, int]] = []
+    for src, n_src in zip(sources, per_source):
         split = scene_split([s.name for s in src.scenes], test_every=src.test_every, val_every=val_every)
         where = {name: part for part, names in split.items() for name in names}
-        jobs += [(src, s, where[s.name]) for s in src.scenes]
+        jobs += [(src, s, where[s.name], n_src) for s in src.scenes]
     counts = {"train": 0, "val": 0, "test": 0}
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(jobs), desc="synth rgbd", unit="scene")
-    for src, scene, split in jobs:
+    for src, scene, split, n_src in jobs:
         base = out / split
         depth16 = scene.depth.astype(np.float16)
         atomic_write_bytes(base / "depth" / f"{scene.name}.npy", _npy_bytes(depth16))
-        n = variants if split != "test" or test_variants is None else test_variants
+        n = n_src if split != "test" or test_variants is None else test_variants
         for k in range(n):
             hazy, gt, params = render_variant(scene, recipe, _rng(seed, scene.name, k))
             name = f"{scene.name}_{k}"
@@ -235,7 +258,7 @@ def make_rgbd_dataset(
         bar.close()
     info = {"counts": counts, "sources": [{"root": str(s.root), "layout": s.layout, "scenes": len(s.scenes),
                                             "test_every": s.test_every} for s in sources],
-            "variants": variants, "seed": seed, "val_every": val_every, "recipe": asdict(recipe)}
+            "variants": per_source if len(set(per_source)) > 1 else per_source[0], "seed": seed, "val_every": val_every, "recipe": asdict(recipe)}
     atomic_write_bytes(out / "synth.json", json.dumps(info, indent=2).encode())
     return counts
 
