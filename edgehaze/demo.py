@@ -871,6 +871,7 @@ def run_demo(
     sizes: Optional[Any] = None,
     print_fn: Callable[[str], None] = print,
     data: "Optional[str | Path]" = None,
+    full: bool = False,
 ) -> Dict[str, Any]:
     """Run (or resume) the demo in ``out``; returns the state (per-stage status, times, results).
 
@@ -878,6 +879,8 @@ def run_demo(
     stages: run only these stages (the others must have run before when needed).
     data: a real data folder (:mod:`edgehaze.demo_real`: same stages on real
     RGB-D, sizes ``REAL``/``REAL_QUICK``); None: the procedural demo.
+    full: with ``data``, the real-data training recipe (sizes ``REAL_FULL``,
+    about 30 minutes): the shipped student.
     """
     import torch
 
@@ -888,10 +891,12 @@ def run_demo(
         raise ConfigError(f"--stages {unknown[0]}: unknown stage; stages are {', '.join(STAGE_NAMES)}")
     if force not in (None, "all") and force not in STAGE_NAMES:
         raise ConfigError(f"--force {force}: unknown stage; use --force (everything) or one of {', '.join(STAGE_NAMES)}")
+    if full and data is None:
+        raise ConfigError("--full is the real-data recipe: give --data DIR (or set EDGEHAZE_SHARED)")
     if data is not None:
         from edgehaze.demo_real import RealDemo
 
-        demo: Demo = RealDemo(out, data, quick=quick, threads=threads, progress=progress, sizes=sizes)
+        demo: Demo = RealDemo(out, data, quick=quick, threads=threads, progress=progress, sizes=sizes, full=full)
     else:
         demo = Demo(out, quick=quick, threads=threads, progress=progress, sizes=sizes)
     _check_same_kind(demo, force)

@@ -43,16 +43,21 @@ from edgehaze.errors import ConfigError, EdgehazeError
 
 #: training sources a data folder may hold, with their rgbd layout
 SOURCES = {"sots_indoor_train": "pairs", "frida2": "frida2"}
+#: stage 1 of the recipe (``REAL_FULL``), the steps of ``configs/real_edge-s.yaml``
+RECIPE_RGB_STEPS = 9000
 #: the real fog drive (frame_<k>_hazy.jpg, k = 0, 1, ...)
 FOG_FRAMES = Path("video") / "dvd_gopro_fog_frames"
 
 
 @dataclass(frozen=True)
 class RealSizes:
-    """Everything that sets the real-data demo's run time and recipe (see ``REAL`` and ``REAL_QUICK``)."""
+    """Everything that sets the real-data demo's run time and recipe (``REAL``, ``REAL_FULL``, ``REAL_QUICK``)."""
 
-    # data (edgehaze synth --rgbd)
-    variants: int = 4
+    # data (edgehaze synth --rgbd): renderings per scene, per training source. The indoor
+    # scenes get three times the road scenes' renderings: at equal counts they are under a
+    # third of the pairs, and at 6000 steps 12/4 gave +0.5 dB on SOTS-indoor over 4/4 with
+    # FRIDA2 unchanged (configs/README.md, "Real-data recipe").
+    variants: Dict[str, int] = field(default_factory=lambda: {"sots_indoor_train": 12, "frida2": 4})
     test_variants: int = 1
     airlight: Tuple[float, float] = (0.7, 1.0)
     val_scene_every: int = 7  # every K-th remaining scene validates (never a test scene)
@@ -63,7 +68,8 @@ class RealSizes:
     teacher_input: int = 98
     # stage 1 / 2
     backbone: str = "edge-s"
-    backbone_kwargs: Dict[str, Any] = field(default_factory=lambda: {"scale": 8, "apply": "guided"})
+    backbone_kwargs: Dict[str, Any] = field(
+        default_factory=lambda: {"scale": 8, "apply": "guided", "context": True, "guide_radius": 4})
     crop: Optional[int] = 256
     batch: int = 8
     lr: float = 2e-3
@@ -96,11 +102,21 @@ class RealSizes:
     quality_max_side: int = 1024  # real photos (no GT) shrunk to this longer side
     quality_sets: Optional[Tuple[str, ...]] = None  # set-name prefixes (None: every set found)
 
+    def variants_for(self, names: Sequence[str]) -> List[int]:
+        """Renderings per scene for the training sources ``names`` (in order); 4 for a source not listed."""
+        return [int(self.variants.get(n, 4)) for n in names]
 
+
+#: the quickstart on real data (``edgehaze demo --data DIR``): about 10 minutes on 2 cores
 REAL = RealSizes()
 
+#: the real-data training recipe (``edgehaze demo --data DIR --full``): the shipped student, about
+#: 30 minutes on 2 cores. Stage 1 is ``configs/real_edge-s.yaml`` (a test keeps the two equal).
+REAL_FULL = RealSizes(teacher_steps=1500, rgb_steps=RECIPE_RGB_STEPS, fused_steps=1000, val_every=2000,
+                      distill_steps=1000)
+
 REAL_QUICK = RealSizes(
-    variants=1, test_variants=1, val_scene_every=2,
+    variants={"sots_indoor_train": 1, "frida2": 1}, test_variants=1, val_scene_every=2,
     teacher_steps=4, teacher_batch=4, teacher_input=28,
     backbone="edge-xs", crop=48, batch=4, rgb_steps=4, fused_steps=4, val_every=4, val_limit=2,
     distill_steps=4, distill_crop=48,
@@ -150,10 +166,14 @@ class RealDemo(D.Demo):
     """A demo run directory whose stages train on the real data in ``data_dir``."""
 
     def __init__(self, out: "str | Path", data_dir: "str | Path", quick: bool = False, threads: int = 2,
-                 progress: bool = True, sizes: Optional[RealSizes] = None) -> None:
+                 progress: bool = True, sizes: Optional[RealSizes] = None, full: bool = False) -> None:
+        if quick and full:
+            raise ConfigError("--quick and --full exclude each other: drop one")
         self.data_dir = Path(data_dir).resolve()
         self.sources = find_sources(self.data_dir)
-        super().__init__(out, quick=quick, threads=threads, progress=progress, sizes=sizes)
+        self.full = full
+        super().__init__(out, quick=quick, threads=threads, progress=progress,
+                         sizes=sizes or (REAL_FULL if full else None))
 
     @staticmethod
     def default_sizes(quick: bool) -> RealSizes:
@@ -161,7 +181,7 @@ class RealDemo(D.Demo):
 
     @property
     def mode(self) -> str:
-        return "real-quick" if self.quick else "real"
+        return "real-quick" if self.quick else "real-full" if self.full else "real"
 
     def state_extra(self) -> Dict[str, Any]:
         return {"data_dir": str(self.data_dir)}
@@ -202,7 +222,8 @@ def _stage_data(demo: RealDemo) -> Dict[str, Any]:
     if demo.data.exists():
         shutil.rmtree(demo.data)
     recipe = HazeRecipe(airlight=tuple(s.airlight))
-    counts = make_rgbd_dataset(sources, demo.data, variants=s.variants, recipe=recipe, seed=s.seed,
+    variants = s.variants_for([src.root.name for src in sources])
+    counts = make_rgbd_dataset(sources, demo.data, variants=variants, recipe=recipe, seed=s.seed,
                                val_every=s.val_scene_every, keep_pairs=True, test_variants=s.test_variants,
                                progress=demo.progress)
     splits = {src.root.name: scene_split([sc.name for sc in src.scenes], test_every=src.test_every,
@@ -215,7 +236,7 @@ def _stage_data(demo: RealDemo) -> Dict[str, Any]:
     info = {"counts": counts, "root": str(demo.data), "data_dir": str(demo.data_dir), "splits": splits,
             "sources": {src.root.name: {"layout": src.layout, "scenes": len(src.scenes),
                                         "test_every": src.test_every} for src in sources},
-            "variants": s.variants, "recipe": asdict(recipe)}
+            "variants": dict(zip([src.root.name for src in sources], variants)), "recipe": asdict(recipe)}
     atomic_write_bytes(demo.data / "done.json", json.dumps(info, indent=2).encode())
     print(f"wrote {counts['train']} train, {counts['val']} val, {counts['test']} test pairs to {demo.data}")
     return info
@@ -449,8 +470,10 @@ def _protocol_lines(r: Dict[str, Any]) -> List[str]:
     held = [n for sp in (data.get("splits") or {}).values() for n in sp.get("test") or []]
     srcs = ", ".join(f"`{n}/` {v['scenes']} scenes ({v['layout']})" for n, v in (data.get("sources") or {}).items())
     sets = ", ".join(f"`{k}`" for k in r.get("quality") or {}) or "none"
+    variants = data.get("variants")
+    times = (", ".join(f"`{n}/` {k}" for n, k in variants.items()) if isinstance(variants, dict) else str(variants))
     return [
-        f"Data: `{r['data_dir']}` ({srcs}); each scene re-hazed {data.get('variants')} time(s) plus the sources' "
+        f"Data: `{r['data_dir']}` ({srcs}); each scene re-hazed ({times}) time(s) plus the sources' "
         f"own hazy images: {counts.get('train')} train, {counts.get('val')} val, {counts.get('test')} test pairs "
         "in `data/`.",
         "",

@@ -175,3 +175,29 @@ def test_real_quick_demo_all_stages_prior_row_and_both_stream_fps(fake_data: Pat
     assert len(lines) == 8 and all("skipped" in ln for ln in lines)
     with pytest.raises(ConfigError, match="holds a real-quick demo"):
         run_demo(out, quick=True, progress=False, print_fn=lambda s: None)
+
+
+def test_full_recipe_is_the_config_and_needs_real_data(tmp_path):
+    """--full runs REAL_FULL (mode real-full, resumed only as such), whose stage 1 is configs/real_edge-s.yaml;
+    without real data it is a one-line error."""
+    import yaml
+
+    from edgehaze.demo import run_demo
+    from edgehaze.demo_real import REAL, REAL_FULL, RealDemo
+
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "configs" / "real_edge-s.yaml").read_text())
+    assert cfg["rgb"]["steps"] == REAL_FULL.rgb_steps > REAL.rgb_steps
+    assert cfg["model"]["backbone"] == REAL_FULL.backbone
+    assert cfg["model"]["backbone_kwargs"] == REAL_FULL.backbone_kwargs
+    assert cfg["data"]["crop"] == REAL_FULL.crop and cfg["train"]["batch_size"] == REAL_FULL.batch
+    assert cfg["train"]["lr"] == REAL_FULL.lr
+    assert "--variants 12 4" in (Path(__file__).parents[1] / "configs" / "real_edge-s.yaml").read_text()
+    assert REAL_FULL.variants_for(["sots_indoor_train", "frida2"]) == [12, 4]
+
+    data = make_fake_data(tmp_path / "data")
+    demo = RealDemo(tmp_path / "run", data, full=True)
+    assert demo.sizes is REAL_FULL and demo.mode == "real-full"
+    with pytest.raises(ConfigError, match="--full is the real-data recipe"):
+        run_demo(out=tmp_path / "p", full=True, data=None)
+    with pytest.raises(ConfigError, match="--quick and --full"):
+        RealDemo(tmp_path / "q", data, quick=True, full=True)
