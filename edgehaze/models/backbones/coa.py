@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgehaze.errors import CheckpointError
-from edgehaze.models.backbones.dehazeformer import reflect_pad
+from edgehaze.models.backbones.dehazeformer import pad_to_multiple, reflect_pad
 from edgehaze.models.backbones.official_io import load_strict, read_official_state
 from edgehaze.models.contracts import Backbone, FusionPoint, InputPoint
 from edgehaze.models.registries import BACKBONES
@@ -359,9 +359,7 @@ class CoA(Backbone):
 
     @staticmethod
     def _pad(x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        m = PAD_MULTIPLE
-        return reflect_pad(x, 0, (m - w % m) % m, 0, (m - h % m) % m)
+        return pad_to_multiple(x, PAD_MULTIPLE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[0, 1] image -> raw (unclamped) restored image, same size."""

@@ -107,6 +107,17 @@ def reflect_pad(x: torch.Tensor, left: int, right: int, top: int, bottom: int) -
     return _pad_one_dim(_pad_one_dim(x, left, right, dim=-1), top, bottom, dim=-2)
 
 
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Reflect-pad the bottom and right of ``x`` to sides that are multiples of ``multiple``.
+
+    The official test procedure of every padded backbone here (DehazeFormer,
+    MB-TaylorFormer, OKNet, SGDN, CoA); the caller crops the output back.
+    """
+    h, w = x.shape[-2:]
+    m = int(multiple)
+    return reflect_pad(x, 0, (m - w % m) % m, 0, (m - h % m) % m)
+
+
 class ReflectConv2d(nn.Conv2d):
     """``nn.Conv2d(..., padding_mode='reflect')`` (same parameters and names)
     whose padding goes through :func:`reflect_pad`, so tiny maps work too."""
@@ -505,7 +516,7 @@ class DehazeFormer(Backbone):
             return super().input_view(name, x)
         h, w = x.shape[-2:]
         p = self.patch_size
-        return reflect_pad(x * 2 - 1, 0, (p - w % p) % p, 0, (p - h % p) % p)
+        return pad_to_multiple(x * 2 - 1, p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[0, 1] image -> raw (unclamped) [0, 1]-range restored image, same size."""
@@ -530,7 +541,7 @@ class DehazeFormer(Backbone):
         (same size, not clamped), the image reflect-padded to a multiple of 4."""
         h, w = x.shape[-2:]
         p = self.patch_size
-        x = reflect_pad(x, 0, (p - w % p) % p, 0, (p - h % p) % p)
+        x = pad_to_multiple(x, p)
         k, b = torch.split(self.forward_features(x), (1, 3), dim=1)
         return (k * x - b + x)[:, :, :h, :w]
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import DeformConv2d
 
-from edgehaze.models.backbones.dehazeformer import reflect_pad
+from edgehaze.models.backbones.dehazeformer import pad_to_multiple
 from edgehaze.models.backbones.official_io import load_strict, read_official_state
 from edgehaze.models.contracts import Backbone, FusionPoint, InputPoint
 from edgehaze.models.registries import BACKBONES
@@ -339,15 +339,12 @@ class MBTaylorFormer(Backbone):
         """As the patch embedding sees the image: reflect-padded to a multiple of 8."""
         if name != "patch_embed.proj":
             return super().input_view(name, x)
-        h, w = x.shape[-2:]
-        m = PAD_MULTIPLE
-        return reflect_pad(x, 0, (m - w % m) % m, 0, (m - h % m) % m)
+        return pad_to_multiple(x, PAD_MULTIPLE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[0, 1] image -> raw (unclamped) restored image, same size (official test procedure)."""
         h, w = x.shape[-2:]
-        m = PAD_MULTIPLE
-        return self.forward_official(reflect_pad(x, 0, (m - w % m) % m, 0, (m - h % m) % m))[:, :, :h, :w]
+        return self.forward_official(pad_to_multiple(x, PAD_MULTIPLE))[:, :, :h, :w]
 
     def forward_official(self, image: torch.Tensor) -> torch.Tensor:
         """The official forward on an image whose sides are multiples of 8."""

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgehaze.models.backbones.dehazeformer import reflect_pad
+from edgehaze.models.backbones.dehazeformer import pad_to_multiple
 from edgehaze.models.backbones.official_io import load_strict, read_official_state
 from edgehaze.models.contracts import Backbone, FusionPoint, InputPoint
 from edgehaze.models.registries import BACKBONES
@@ -206,7 +206,7 @@ class OKNet(Backbone):
             return super().input_view(name, x)
         h, w = x.shape[-2:]
         m = PAD_MULTIPLE
-        x = reflect_pad(x, 0, (m - w % m) % m, 0, (m - h % m) % m)
+        x = pad_to_multiple(x, m)
         for _ in range(_INPUT_SCALES[name]):
             x = F.interpolate(x, scale_factor=0.5)
         return x
@@ -215,7 +215,7 @@ class OKNet(Backbone):
         """[0, 1] image -> raw (unclamped) restored image, same size (official test procedure)."""
         h, w = x.shape[-2:]
         m = PAD_MULTIPLE
-        x = reflect_pad(x, 0, (m - w % m) % m, 0, (m - h % m) % m)
+        x = pad_to_multiple(x, m)
         return self.forward_official(x)[2][:, :, :h, :w]
 
     def forward_official(self, x: torch.Tensor) -> List[torch.Tensor]:

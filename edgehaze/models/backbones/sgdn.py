@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.init import _calculate_fan_in_and_fan_out
 
-from edgehaze.models.backbones.dehazeformer import reflect_pad
+from edgehaze.models.backbones.dehazeformer import pad_to_multiple
 from edgehaze.models.backbones.official_io import load_strict, read_official_state
 from edgehaze.models.contracts import Backbone, FusionPoint, InputPoint
 from edgehaze.models.registries import BACKBONES
@@ -461,15 +461,12 @@ class SGDN(Backbone):
         """As the input conv sees the image: reflect-padded to a multiple of 8."""
         if name != "inconv.proj":
             return super().input_view(name, x)
-        h, w = x.shape[-2:]
-        m = PAD_MULTIPLE
-        return reflect_pad(x, 0, (m - w % m) % m, 0, (m - h % m) % m)
+        return pad_to_multiple(x, PAD_MULTIPLE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[0, 1] image -> raw (unclamped) restored image, same size."""
         h, w = x.shape[-2:]
-        m = PAD_MULTIPLE
-        return self.forward_official(reflect_pad(x, 0, (m - w % m) % m, 0, (m - h % m) % m))[0][:, :, :h, :w]
+        return self.forward_official(pad_to_multiple(x, PAD_MULTIPLE))[0][:, :, :h, :w]
 
     def _encode(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, List[torch.Tensor]]:
         """Both colour spaces through the shared encoder and the bridges."""
