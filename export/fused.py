@@ -268,7 +268,7 @@ def quantize_core(core: "onnx.ModelProto", calib01: Sequence[np.ndarray],  # noq
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, quantize_static
 
-    from edgehaze.export.quantize import ort_static_options
+    from edgehaze.export.quantize import float_nodes, ort_static_options
 
     scale, prepool = core_meta(core)
     feeds = [{"x_low": np.ascontiguousarray(np.transpose(pool_image(np.rint(np.clip(c, 0, 1) * 255) / 255, prepool),
@@ -293,7 +293,8 @@ def quantize_core(core: "onnx.ModelProto", calib01: Sequence[np.ndarray],  # noq
         onnx.save(core, src)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quantize_static(src, dst, Reader(), op_types_to_quantize=list(op_types), **ort_static_options(target))
+            quantize_static(src, dst, Reader(), op_types_to_quantize=list(op_types), nodes_to_exclude=float_nodes(core),
+                            **ort_static_options(target))
         out = onnx.load(dst)
     _set_meta(out, scale, prepool, guide_meta(core))
     return out

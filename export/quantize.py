@@ -158,6 +158,10 @@ def ort_static_options(target: str = "cpu") -> Dict[str, Any]:
                                "QuantizeBias": fl.int32_bias})
 
 
+#: node names of what stays float in every INT8 export: the edge backbone's global context
+FLOAT_NODE_PATTERN = r".*\bcontext[./].*"
+
+
 def FLOAT_SCOPE(nncf: Any) -> Any:  # noqa: N802 (a constant of NNCF's type)
     """What stays float in NNCF's INT8: the edge backbone's global context (a 1x1-pixel path).
 
@@ -165,7 +169,20 @@ def FLOAT_SCOPE(nncf: Any) -> Any:  # noqa: N802 (a constant of NNCF's type)
     float, and quantising the frame-level summary moved the whole map
     (0.24 vs 0.10 dB hold-out drop with and without it).
     """
-    return nncf.IgnoredScope(patterns=[r".*\bcontext[./].*"], validate=False)
+    return nncf.IgnoredScope(patterns=[FLOAT_NODE_PATTERN], validate=False)
+
+
+def float_nodes(model: "onnx.ModelProto") -> List[str]:  # noqa: F821
+    """ONNX Runtime PTQ's ``nodes_to_exclude``: the nodes :data:`FLOAT_NODE_PATTERN` keeps float.
+
+    The same path as :func:`FLOAT_SCOPE` for NNCF: with the context's two
+    1x1 convs quantised by PTQ, one frame-level vector moved every map and a
+    1280x960 outdoor photo lost 1.0 dB against FP32 (SOTS-indoor: 0.02 dB).
+    """
+    import re
+
+    pattern = re.compile(FLOAT_NODE_PATTERN)
+    return [n.name for n in model.graph.node if pattern.match(n.name)]
 
 
 def _nncf_quantize(nncf: Any, core: "torch.nn.Module", items: list, target: str) -> "torch.nn.Module":  # noqa: F821
@@ -288,7 +305,8 @@ def ptq_onnx(fp32: "onnx.ModelProto", calib: Sequence[Sample], core_prefix: str 
         def get_next(self):  # type: ignore[no-untyped-def]
             return next(self.it, None)
 
-    nodes = [n.name for n in fp32.graph.node if n.name.startswith(core_prefix)]
+    skip = set(float_nodes(fp32))
+    nodes = [n.name for n in fp32.graph.node if n.name.startswith(core_prefix) and n.name not in skip]
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
         onnx.save(fp32, src)

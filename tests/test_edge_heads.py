@@ -82,3 +82,23 @@ def test_context_and_physics_models_export_to_the_fused_graph(kw):
     diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01
     assert np.abs(got.astype(np.int16) - img.astype(np.int16)).max() > 3
+
+
+def test_ort_ptq_keeps_the_global_context_float():
+    """ORT PTQ leaves the context's 1x1 convs float (as NNCF's FLOAT_SCOPE does) and quantises the rest."""
+    from edgehaze.export.fused import export_core, quantize_core
+    from edgehaze.export.quantize import float_nodes
+    from edgehaze.models.dehazer import build_dehazer
+
+    torch.manual_seed(0)
+    model = build_dehazer(backbone="edge-xs", backbone_kwargs={"apply": "guided", "scale": 4, "context": True}).eval()
+    core = export_core(model)
+    ctx = set(float_nodes(core))
+    assert ctx and any(n.op_type == "Conv" for n in core.graph.node if n.name in ctx)
+    calib = [np.random.default_rng(i).random((32, 48, 3)).astype(np.float32) for i in range(2)]
+    q = quantize_core(core, calib)
+    dq_outputs = {o for n in q.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    convs = [n for n in q.graph.node if n.op_type == "Conv"]
+    quantised = {n.name for n in convs if n.input[1] in dq_outputs}
+    assert quantised and not quantised & ctx
+    assert any(n.name in ctx for n in convs)
