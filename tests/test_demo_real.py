@@ -7,17 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from edgehaze.errors import ConfigError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _write_rgb(path: Path, img01: np.ndarray) -> None:
@@ -201,3 +195,18 @@ def test_full_recipe_is_the_config_and_needs_real_data(tmp_path):
         run_demo(out=tmp_path / "p", full=True, data=None)
     with pytest.raises(ConfigError, match="--quick and --full"):
         RealDemo(tmp_path / "q", data, quick=True, full=True)
+
+
+def test_verdict_calls_a_small_fused_gain_a_tie_and_names_a_real_one():
+    from edgehaze.demo import TIE_DB, _verdict
+
+    def rows(fused, control):
+        return {"rgb": {"psnr": 20.0}, "fused": {"psnr": fused}, "control": {"psnr": control}}
+
+    tie, gains = _verdict(rows(20.53, 20.50))
+    assert "a tie" in tie and "helps" in tie and "does not show" in tie
+    assert abs(gains["fused_vs_control_db"] - 0.03) < 1e-9
+    win, _ = _verdict(rows(20.5 + TIE_DB + 0.1, 20.5))
+    assert "the depth teacher helps" in win and "a tie" not in win
+    loss, _ = _verdict(rows(20.0, 20.5 + TIE_DB))
+    assert "does **not** help" in loss

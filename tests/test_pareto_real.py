@@ -20,12 +20,7 @@ TINY_STUDENT = {"widths": [8, 8, 8, 8], "blocks": [1, 1, 1, 1]}
 SHIPPED = {"apply": "guided", "context": True, "guide_radius": 4}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
