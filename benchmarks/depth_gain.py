@@ -328,12 +328,11 @@ class DepthGain(Reproduction):
 
     def score_baselines(self) -> None:
         """The hazy input and the dark-channel prior on every test image (deterministic: once per folder)."""
-        from edgehaze.dcp import dcp_runner
-        from edgehaze.quality import hazy_input, score_set
+        from edgehaze.quality import baseline_methods, score_set
 
         out: Dict[str, Any] = {}
         for evalset in self.sets():
-            scores, _ = score_set({"hazy input": hazy_input, "dark-channel prior": dcp_runner()}, evalset,
+            scores, _ = score_set(baseline_methods(), evalset,
                                   progress=False)
             out[evalset.name] = {m: {**sc.metrics, "ms": sc.ms, "images": sc.count} for m, sc in scores.items()}
         _write_json(self.out / "baselines.json", out)

@@ -208,12 +208,11 @@ class Comparison:
 
     def prepare_baselines(self) -> Dict[str, Any]:
         """The hazy input and the dark-channel prior on the test images (deterministic: once per folder)."""
-        from edgehaze.dcp import dcp_runner
-        from edgehaze.quality import hazy_input, score_set
+        from edgehaze.quality import baseline_methods, score_set
 
         path = self.out / "baselines.json"
         if not path.is_file():
-            scores, _ = score_set({"hazy input": hazy_input, "dark-channel prior": dcp_runner()}, self.test_set(),
+            scores, _ = score_set(baseline_methods(), self.test_set(),
                                   progress=False)
             _write_json(path, {m: {**sc.metrics, "ms": sc.ms, "images": sc.count} for m, sc in scores.items()})
         return json.loads(path.read_text(encoding="utf-8"))

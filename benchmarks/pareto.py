@@ -244,26 +244,26 @@ def eval_torch(model, test) -> Dict[str, float]:  # type: ignore[no-untyped-def]
     return {"psnr": float(np.mean(p)), "ssim": float(np.mean(s))}
 
 
-def eval_onnx(sess, test) -> Dict[str, float]:  # type: ignore[no-untyped-def]
-    from edgehaze.metrics.fullref import psnr, ssim
-
-    p, s = [], []
-    for hazy, gt in test:
-        u8 = np.clip(np.rint(hazy * 255), 0, 255).astype(np.uint8)[None]
-        y = sess.run(["dehazed"], {"image": u8})[0][0].astype(np.float32) / 255.0
-        p.append(psnr(y, gt))
-        s.append(ssim(y, gt))
-    return {"psnr": float(np.mean(p)), "ssim": float(np.mean(s))}
-
-
 def graph_runner(sess) -> Callable[[np.ndarray], np.ndarray]:  # type: ignore[no-untyped-def]
     """``img01 -> img01`` through a fused ``image`` -> ``dehazed`` graph (RGB uint8 in and out, as shipped)."""
 
     def run(img01: np.ndarray) -> np.ndarray:
-        u8 = np.clip(np.rint(np.asarray(img01, np.float32) * 255), 0, 255).astype(np.uint8)[None]
+        u8 = np.clip(np.rint(np.asarray(img01) * 255), 0, 255).astype(np.uint8)[None]
         return sess.run(["dehazed"], {"image": u8})[0][0].astype(np.float32) / 255.0
 
     return run
+
+
+def eval_onnx(sess, test) -> Dict[str, float]:  # type: ignore[no-untyped-def]
+    from edgehaze.metrics.fullref import psnr, ssim
+
+    run = graph_runner(sess)
+    p, s = [], []
+    for hazy, gt in test:
+        y = run(hazy)
+        p.append(psnr(y, gt))
+        s.append(ssim(y, gt))
+    return {"psnr": float(np.mean(p)), "ssim": float(np.mean(s))}
 
 
 # ---------------------------------------------------------------- real test sets
@@ -299,10 +299,9 @@ def score_methods(methods: Dict[str, Callable[[np.ndarray], np.ndarray]], sets: 
 
 def score_baselines(sets: Sequence[Any], progress: bool = False) -> Dict[str, Dict[str, Dict[str, float]]]:
     """The hazy input and the dark-channel prior on every test image: what each point must beat."""
-    from edgehaze.dcp import dcp_runner
-    from edgehaze.quality import hazy_input
+    from edgehaze.quality import baseline_methods
 
-    return score_methods({"hazy input": hazy_input, "dark-channel prior": dcp_runner()}, sets, progress)
+    return score_methods(baseline_methods(), sets, progress)
 
 
 # ---------------------------------------------------------------- the sweep

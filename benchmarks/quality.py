@@ -36,16 +36,15 @@ def main(argv=None) -> int:  # type: ignore[no-untyped-def]
     args = p.parse_args(argv)
 
     from edgehaze.data.runners import make_runner
-    from edgehaze.dcp import dcp_runner
     from edgehaze.errors import EdgehazeError
     from edgehaze.fsutil import atomic_write_text
     from edgehaze.imageio import write_image
     from edgehaze.data.evaluation import contact_sheet
-    from edgehaze.quality import benchmark_sets, hazy_input, markdown_table, score_set
+    from edgehaze.quality import baseline_methods, benchmark_sets, markdown_table, score_set
 
     if args.data is None:
         raise SystemExit("give --data DIR (the shared data folder) or set EDGEHAZE_SHARED")
-    methods = {"hazy input": hazy_input, "dark-channel prior": dcp_runner()}
+    methods = baseline_methods()
     for spec in args.model:
         name, sep, path = spec.partition("=")
         if not sep:

@@ -233,7 +233,8 @@ def _stage_data(demo: RealDemo) -> Dict[str, Any]:
     if demo.data.exists():
         shutil.rmtree(demo.data)
     recipe = HazeRecipe(airlight=tuple(s.airlight))
-    variants = s.variants_for([src.root.name for src in sources])
+    names = [src.root.name for src in sources]
+    variants = s.variants_for(names)
     counts = make_rgbd_dataset(sources, demo.data, variants=variants, recipe=recipe, seed=s.seed,
                                val_every=s.val_scene_every, keep_pairs=True, test_variants=s.test_variants,
                                progress=demo.progress)
@@ -247,7 +248,7 @@ def _stage_data(demo: RealDemo) -> Dict[str, Any]:
     info = {"counts": counts, "root": str(demo.data), "data_dir": str(demo.data_dir), "splits": splits,
             "sources": {src.root.name: {"layout": src.layout, "scenes": len(src.scenes),
                                         "test_every": src.test_every} for src in sources},
-            "variants": dict(zip([src.root.name for src in sources], variants)), "recipe": asdict(recipe)}
+            "variants": dict(zip(names, variants)), "recipe": asdict(recipe)}
     atomic_write_bytes(demo.data / "done.json", json.dumps(info, indent=2).encode())
     print(f"wrote {counts['train']} train, {counts['val']} val, {counts['test']} test pairs to {demo.data}")
     return info
@@ -403,9 +404,8 @@ def real_quality(demo: RealDemo, folder: Path) -> Tuple[Dict[str, Any], str, Lis
     Returns ``(per set and method: Scores as dicts, the markdown table, notes)``.
     """
     from edgehaze.data.evaluation import contact_sheet
-    from edgehaze.dcp import dcp_runner
     from edgehaze.imageio import write_image
-    from edgehaze.quality import benchmark_sets, hazy_input, markdown_table, score_set
+    from edgehaze.quality import baseline_methods, benchmark_sets, markdown_table, score_set
 
     s = demo.sizes
     notes: List[str] = []
@@ -413,7 +413,7 @@ def real_quality(demo: RealDemo, folder: Path) -> Tuple[Dict[str, Any], str, Lis
         sets = [e for e in benchmark_sets(demo.data_dir, s.quality_sets) if e.hazy]
     except EdgehazeError as exc:
         return {}, "", [f"no real test set scored: {exc}"]
-    methods = {"hazy input": hazy_input, "dark-channel prior": dcp_runner(),
+    methods = {**baseline_methods(),
                "student FP32": D._runtime_runner(demo.onnx_fp32, demo.threads),
                "student INT8": D._runtime_runner(demo.onnx_int8, demo.threads)}
     stats = demo.data_dir / "metrics"

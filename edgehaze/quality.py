@@ -197,6 +197,13 @@ def hazy_input(img01: np.ndarray) -> np.ndarray:
     return img01
 
 
+def baseline_methods() -> Dict[str, Method]:
+    """The two rows every real-data report puts beside its models: the hazy input and the dark-channel prior."""
+    from edgehaze.dcp import dcp_runner
+
+    return {"hazy input": hazy_input, "dark-channel prior": dcp_runner()}
+
+
 def markdown_table(results: Dict[str, Dict[str, Scores]], metrics: Sequence[str] = ("psnr", "ssim", "halo", "fade", "niqe")
                    ) -> str:
     """One row per (set, method): the metrics that set has, and ms per image."""

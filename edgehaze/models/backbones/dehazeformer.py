@@ -514,9 +514,7 @@ class DehazeFormer(Backbone):
         """As the patch embedding sees the image: mapped to [-1, 1], reflect-padded to a multiple of 4."""
         if name != "patch_embed.proj":
             return super().input_view(name, x)
-        h, w = x.shape[-2:]
-        p = self.patch_size
-        return pad_to_multiple(x * 2 - 1, p)
+        return pad_to_multiple(x * 2 - 1, self.patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[0, 1] image -> raw (unclamped) [0, 1]-range restored image, same size."""
@@ -540,8 +538,7 @@ class DehazeFormer(Backbone):
         """The official forward: [-1, 1] image in, ``J = K*I - B + I`` out
         (same size, not clamped), the image reflect-padded to a multiple of 4."""
         h, w = x.shape[-2:]
-        p = self.patch_size
-        x = pad_to_multiple(x, p)
+        x = pad_to_multiple(x, self.patch_size)
         k, b = torch.split(self.forward_features(x), (1, 3), dim=1)
         return (k * x - b + x)[:, :, :h, :w]
 

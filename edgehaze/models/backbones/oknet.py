@@ -204,9 +204,7 @@ class OKNet(Backbone):
         """Padded to a multiple of 4, then nearest-downscaled as ``forward_official`` does for the SCMs."""
         if name not in _INPUT_SCALES:
             return super().input_view(name, x)
-        h, w = x.shape[-2:]
-        m = PAD_MULTIPLE
-        x = pad_to_multiple(x, m)
+        x = pad_to_multiple(x, PAD_MULTIPLE)
         for _ in range(_INPUT_SCALES[name]):
             x = F.interpolate(x, scale_factor=0.5)
         return x
@@ -214,9 +212,7 @@ class OKNet(Backbone):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[0, 1] image -> raw (unclamped) restored image, same size (official test procedure)."""
         h, w = x.shape[-2:]
-        m = PAD_MULTIPLE
-        x = pad_to_multiple(x, m)
-        return self.forward_official(x)[2][:, :, :h, :w]
+        return self.forward_official(pad_to_multiple(x, PAD_MULTIPLE))[2][:, :, :h, :w]
 
     def forward_official(self, x: torch.Tensor) -> List[torch.Tensor]:
         """The official forward on a padded image: outputs at 1/4, 1/2 and full size."""
