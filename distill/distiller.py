@@ -82,13 +82,21 @@ class StudentConfig:
 
 @dataclass
 class DistillLossConfig:
-    """Loss weights: fused features (per point), teacher output, ground truth."""
+    """Loss weights: fused features (per point), teacher output, ground truth; and the stability term.
+
+    stability / stability_shift / stability_noise: the single-frame
+    stability term against flicker on the student's output, as in
+    ``edgehaze train`` (:mod:`edgehaze.train.stability`; 0 = off).
+    """
 
     feature: str = "l1"
     feature_weight: float = 1.0
     point_weights: Optional[List[float]] = None
     output: float = 1.0
     gt: float = 0.5
+    stability: float = 0.0
+    stability_shift: int = 8
+    stability_noise: float = 0.0
 
 
 @dataclass
@@ -153,8 +161,12 @@ class DistillConfig:
         _positive(self.report.latency_runs, "report.latency_runs", where)
         if len(self.report.eval_size) != 2 or min(self.report.eval_size) < 16:
             raise ConfigError(f"{where}: 'report.eval_size' is [H, W] with sides >= 16, got {self.report.eval_size}")
-        if min(self.loss.feature_weight, self.loss.output, self.loss.gt) < 0:
+        if min(self.loss.feature_weight, self.loss.output, self.loss.gt, self.loss.stability, self.loss.stability_noise) < 0:
             raise ConfigError(f"{where}: loss weights must be >= 0")
+        if self.loss.stability and (self.loss.stability_shift < 1 or (self.data.crop is not None and self.data.crop <= self.loss.stability_shift)):
+            raise ConfigError(f"{where}: 'loss.stability' compares a crop with a copy shifted by up to "
+                              f"'loss.stability_shift' ({self.loss.stability_shift}) px inside it: it needs a shift "
+                              f">= 1 and 'data.crop' ({self.data.crop}) larger than the shift")
         if self.distill.cache_teacher == "on" and (self.data.crop is not None or self.data.flip):
             raise ConfigError(
                 f"{where}: 'distill.cache_teacher: on' keeps one teacher result per image and needs "

@@ -37,6 +37,7 @@ from edgehaze.distill.distiller import (
     teacher_identity,
 )
 from edgehaze.errors import CheckpointError, ConfigError
+from edgehaze.train.stability import StabilityTerm
 
 
 def _scheduler(opt: torch.optim.Optimizer, cfg: DistillConfig) -> torch.optim.lr_scheduler.LambdaLR:
@@ -135,6 +136,8 @@ def run_distill(cfg: DistillConfig, resume: bool = False, progress: Optional[boo
         unused = set(range(len(student.depth.feature_channels))) - set(student.levels)
         model = wrap_model(student, ctx, cfg.train.find_unused_parameters or bool(unused))
         cache = TeacherCache() if cfg.cache_enabled() else None
+        stability = (StabilityTerm(cfg.loss.stability, cfg.loss.stability_shift, cfg.loss.stability_noise)
+                     if cfg.loss.stability else None)
         bar = None
         if ctx.is_main and show:
             from tqdm import tqdm
@@ -171,6 +174,10 @@ def run_distill(cfg: DistillConfig, resume: bool = False, progress: Optional[boo
                 s_fused = student.fused_outputs()
                 student.set_keep_fused_outputs(False)
                 loss, terms = loss_fn(s_fused, t_fused, s_out, t_out, batch.get("gt"))
+                if stability is not None:  # the student's output must not move with a small shift / noise
+                    term = stability(lambda copy, win: model(copy), images, s_out)
+                    loss = loss + stability.weight * term
+                    terms.update(stability=float(term.detach()), total=float(loss.detach()))
                 if not torch.isfinite(loss):
                     raise ConfigError(f"the distillation loss is {float(loss)} at step {step}; lower the learning rate")
                 (loss / acc).backward()

@@ -161,6 +161,7 @@ def distilled(tmp_path_factory, teacher):
         "distill": {"steps": 3, "lr": 2e-3},
         "student": {"z1_fit_batches": 1},
         "report": {"eval_size": [32, 48], "latency_runs": 1},
+        "loss": {"stability": 0.5, "stability_shift": 4},  # the flicker term rides along (edgehaze.train.stability)
     }
     cfg = from_dict(DistillConfig, raw)
     cfg.validate()
@@ -207,9 +208,10 @@ def test_resume_continues_from_the_saved_step(distilled):
     root, first, _, _ = distilled
     assert first["info"]["steps"] == 3
     assert load_state(root / "run" / "last.state.pt")["step"] == 5
-    steps = [json.loads(line)["step"] for line in (root / "run" / "log.jsonl").read_text().splitlines()
-             if "val" not in json.loads(line)]
+    logs = [json.loads(line) for line in (root / "run" / "log.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in logs if "val" not in r]
     assert steps == [1, 2, 3, 4, 5]
+    assert all(r["stability"] >= 0 for r in logs if "val" not in r)
 
 
 def test_student_runs_without_transformers(distilled):

@@ -192,11 +192,21 @@ class StageConfig:
 
 @dataclass
 class LossConfig:
-    """Weights of the restoration loss terms (0 switches a term off)."""
+    """Weights of the restoration loss terms (0 switches a term off).
+
+    stability: weight of the single-frame stability term against flicker
+        (:mod:`edgehaze.train.stability`: the output of a copy of each crop
+        shifted by up to ``stability_shift`` pixels, optionally with Gaussian
+        noise of ``stability_noise`` in [0, 1] units, must match the output
+        of the crop); it needs ``data.crop`` larger than the shift.
+    """
 
     l1: float = 1.0
     ssim: float = 0.0
     fft: float = 0.0
+    stability: float = 0.0
+    stability_shift: int = 8
+    stability_noise: float = 0.0
 
 
 @dataclass
@@ -272,9 +282,22 @@ class TrainConfig:
                 "without random augmentation; set 'data.crop: null' and 'data.flip: false' "
                 "(or turn the cache off)"
             )
+        self.loss_checks(where)
         if self.data.root is None:
             raise ConfigError(f"{where}: 'data.root' is not set; pass data.root=DIR")
         check_validation_not_test(self.data, where)
+
+
+    def loss_checks(self, where: str) -> None:
+        """The stability term's settings (the restoration weights are checked where the loss is built)."""
+        lo = self.loss
+        if lo.stability < 0 or lo.stability_noise < 0 or lo.stability_shift < 1:
+            raise ConfigError(f"{where}: 'loss.stability' and 'loss.stability_noise' must be >= 0 and "
+                              f"'loss.stability_shift' >= 1, got {lo.stability}, {lo.stability_noise}, {lo.stability_shift}")
+        if lo.stability and self.data.crop is not None and self.data.crop <= lo.stability_shift:
+            raise ConfigError(f"{where}: 'loss.stability' compares a crop with a copy shifted by up to "
+                              f"'loss.stability_shift' ({lo.stability_shift}) px inside it: 'data.crop' "
+                              f"({self.data.crop}) must be larger")
 
 
 _TEST_NAMES = ("test", "testing", "sots")

@@ -39,7 +39,9 @@ from edgehaze.errors import CheckpointError, ConfigError
 from edgehaze.train.config import TrainConfig, replace, save_config, to_dict
 from edgehaze.train.data import build_train_set, build_val_set, ensure_data
 from edgehaze.train.ddp import DistContext, barrier, cleanup, init_distributed, unwrap
+from edgehaze.train.depth_crop import FullImageDepth
 from edgehaze.train.losses import RestorationLoss
+from edgehaze.train.stability import StabilityTerm, Window, sub_box
 from edgehaze.train.state import seed_everything
 from edgehaze.train.trainer import StageResult, Trainer
 
@@ -220,19 +222,46 @@ def reference_depth_kwargs(model: nn.Module, batch: Dict[str, Any], rows: Option
 
 
 # ---------------------------------------------------------------- step / validation
-def make_step_fn(loss_fn: RestorationLoss, cache: Optional[DepthFeatureCache] = None):  # type: ignore[no-untyped-def]
-    """The teacher's micro-batch step: dehaze the hazy batch, loss against GT."""
+def stability_term(loss: Any) -> Optional[StabilityTerm]:
+    """The config's stability term (``loss.stability`` > 0), else None."""
+    if not loss.stability:
+        return None
+    return StabilityTerm(loss.stability, loss.stability_shift, loss.stability_noise)
+
+
+def make_step_fn(loss_fn: RestorationLoss, cache: Optional[Any] = None,  # type: ignore[no-untyped-def]
+                 stability: Optional[StabilityTerm] = None):
+    """The teacher's micro-batch step: dehaze the hazy batch, loss against GT.
+
+    ``cache``: a :class:`DepthFeatureCache` or :class:`~edgehaze.train.depth_crop.FullImageDepth`
+    giving the frozen teacher's features; ``stability``: the single-frame
+    stability term (:mod:`edgehaze.train.stability`), logged as ``stability``.
+    """
+
+    def forward(net: nn.Module, batch: Dict[str, Any], hazy: torch.Tensor, win: Optional[Window] = None) -> torch.Tensor:
+        """Dehaze ``hazy`` (the batch's crops, or window ``win`` of them) with the depth that window sees."""
+        model = unwrap(net)
+        if getattr(model, "depth", None) is not None and cache is not None:
+            if win is None:
+                return net(hazy, depth_feats=cache.features(model, batch))
+            if isinstance(cache, FullImageDepth):
+                boxes = torch.tensor([sub_box(b, win) for b in batch["box"].tolist()])
+                return net(hazy, depth_feats=cache.features(model, {**batch, "box": boxes}))
+            return net(hazy)  # a per-image cache holds whole samples, not windows: the teacher runs live
+        if getattr(model, "uses_reference_depth", False):
+            gt = batch["gt"] if win is None else batch["gt"][..., win[0]:win[0] + win[2], win[1]:win[1] + win[3]]
+            return net(hazy, depth_feats=model.depth_features(hazy, reference=gt))
+        return net(hazy)
 
     def step(net: nn.Module, batch: Dict[str, Any]):  # type: ignore[no-untyped-def]
         hazy, gt = batch["hazy"], batch["gt"]
-        if cache is not None and getattr(unwrap(net), "depth", None) is not None:
-            feats = cache.features(unwrap(net), batch)
-            pred = net(hazy, depth_feats=feats)
-        elif getattr(unwrap(net), "uses_reference_depth", False):
-            pred = net(hazy, depth_feats=unwrap(net).depth_features(hazy, reference=gt))
-        else:
-            pred = net(hazy)
-        return loss_fn(pred, gt)
+        pred = forward(net, batch, hazy)
+        total, terms = loss_fn(pred, gt)
+        if stability is not None and stability.weight > 0:
+            term = stability(lambda copy, win: forward(net, batch, copy, win), hazy, pred)
+            total = total + stability.weight * term
+            terms["stability"] = float(term.detach())
+        return total, terms
 
     return step
 
@@ -376,12 +405,10 @@ def _run(cfg: TrainConfig, resume: bool, ctx: DistContext) -> Dict[str, StageRes
             if cfg.train.depth_cache and frozen:
                 cache = DepthFeatureCache(run_dir / "depth_cache", model.depth, train_set, mode=model.fusion_mode)
             if full_image_depth and frozen:
-                from edgehaze.train.depth_crop import FullImageDepth
-
                 cache = FullImageDepth(train_set, cache)
         trainer = Trainer(
             model=model,
-            step_fn=make_step_fn(loss_fn, cache),
+            step_fn=make_step_fn(loss_fn, cache, stability_term(cfg.loss)),
             train_set=train_set,
             stage=stage,
             stage_dir=run_dir / stage,
