@@ -10,6 +10,10 @@ smoothing plus the clear-frame bypass. The warping error (Lai et al. 2018,
 :mod:`runtime.flicker`, flow on the input video) of the input and of each
 output, and each output's ratio to the input's, go to ``OUT/report.json``
 and ``OUT/report.md``. Target: ratio at most 1.0 with smoothing on, every clip.
+The floor column (:func:`held_maps`) applies the clip's mean correction maps
+to every frame: the warping error a perfectly stable version of the same
+correction would have (a gain g > 1 raises the input's own frame-to-frame
+differences by about g^2), so per-frame / floor is the model's flicker proper.
 
 Clips: ``$EDGEHAZE_SHARED/data/video/dvd_gopro_fog_frames`` (62 frames of a
 real foggy drive, natural numeric order) at its own size and resampled to
@@ -135,6 +139,50 @@ def dcp_frames(frames: Sequence[np.ndarray]) -> List[np.ndarray]:
     return [np.round(dehaze_dcp(f.astype(np.float32) / 255.0)[0] * 255.0).astype(np.uint8) for f in frames]
 
 
+def held_maps(model: str, frames: Sequence[np.ndarray]) -> Optional[List[np.ndarray]]:
+    """Each frame dehazed with the clip's mean correction maps (None: not a one-input fused edge-* graph).
+
+    The flicker floor of the model's correction: what a perfectly stable
+    version of it (the same gain/offset grid on every frame) would score.
+    Any dehazer raises contrast, and the warping error of ``g * I + b``
+    is ``g^2`` times the input's, so the target "at most the input's" is
+    out of reach for any model whose gain exceeds 1; this column separates
+    that from flicker. The maps are the graph's own (``fused/gain_offset_low``:
+    ``1 + K`` and ``255 B``, after the guided refit), upsampled bilinearly by
+    the graph's scale as its apply step does.
+    """
+    import onnxruntime as ort
+
+    from runtime.errors import RuntimeError_
+    from runtime.temporal import smoothing_graph
+
+    try:
+        graph, scale = smoothing_graph(str(model))
+    except RuntimeError_ as exc:
+        print(f"(no held-maps floor: {exc})")
+        return None
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    sess = ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
+    if [i.name for i in sess.get_inputs() if not i.name.startswith("temporal/")] != ["image"]:
+        print("(no held-maps floor: the graph takes more than the image)")
+        return None
+    maps = []
+    for f in frames:
+        h, w = -(-f.shape[0] // scale), -(-f.shape[1] // scale)
+        feeds = {"image": np.ascontiguousarray(f)[None], "temporal/prev_maps": np.zeros((1, 6, h, w), np.float32),
+                 "temporal/prev_pooled": np.zeros((1, 3, h, w), np.float32), "temporal/weight": np.zeros(1, np.float32)}
+        maps.append(sess.run(["temporal/maps"], feeds)[0][0])
+    mean = np.mean(maps, axis=0)
+    cv2 = _cv2()
+    up = np.stack([cv2.resize(c, (c.shape[1] * scale, c.shape[0] * scale), interpolation=cv2.INTER_LINEAR) for c in mean])
+    out = []
+    for f in frames:
+        m = up[:, : f.shape[0], : f.shape[1]].transpose(1, 2, 0)
+        out.append(np.clip(np.rint(f.astype(np.float32) * m[..., :3] + m[..., 3:]), 0, 255).astype(np.uint8))
+    return out
+
+
 def measure_clip(model: str, frames: Sequence[np.ndarray], strength: float,
                  gt: Optional[Sequence[np.ndarray]] = None, dcp: bool = True) -> dict:
     variants = {"per_frame": {}, "smoothed": {"temporal": strength}, "smoothed_bypass": {"temporal": strength, "bypass": True}}
@@ -143,6 +191,9 @@ def measure_clip(model: str, frames: Sequence[np.ndarray], strength: float,
         outs[name], _, info[name] = dehaze(model, frames, opts)
     if dcp:
         outs["dcp"] = dcp_frames(frames)
+    held = held_maps(model, frames)
+    if held is not None:
+        outs["held_maps"] = held
     m = WarpingError()
     for k, f in enumerate(frames):
         m.add(f, {name: o[k] for name, o in outs.items()})
@@ -195,8 +246,8 @@ def measure_cost(model: str, frames: Sequence[np.ndarray], strength: float, repe
 def markdown(report: dict) -> str:
     lines = [f"# Flicker: warping error (Lai et al. 2018), model `{report['model']}`, strength {report['strength']}", "",
              "| clip | pairs | input | per frame (ratio) | smoothed (ratio) | smoothed + bypass (ratio) | bypassed "
-             "| max diff smoothed vs per frame | dark-channel prior per frame (ratio) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| max diff smoothed vs per frame | dark-channel prior per frame (ratio) | mean maps held (floor, ratio) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in report["clips"].items():
         if not r.get("pairs"):
             continue
@@ -204,7 +255,8 @@ def markdown(report: dict) -> str:
         cell = lambda k: f"{r[k]:.3e} ({ratio[k]:.3f})" if r["input"] > 0 else f"{r[k]:.3e} (-)"  # noqa: E731
         lines.append(f"| {name} | {r['pairs']} | {r['input']:.3e} | {cell('per_frame')} | {cell('smoothed')} | "
                      f"{cell('smoothed_bypass')} | {r['counters']['smoothed_bypass']['bypassed']} | "
-                     f"{r['max_diff_smoothed_vs_per_frame']} | {cell('dcp') if 'dcp' in r else '-'} |")
+                     f"{r['max_diff_smoothed_vs_per_frame']} | {cell('dcp') if 'dcp' in r else '-'} | "
+                     f"{cell('held_maps') if 'held_maps' in r else '-'} |")
     lines += ["", "| size | per frame ms | smoothed ms (+%) | smoothed + bypass ms (+%) | bypass only ms (+%) "
               "| haze score alone ms (%) | load |", "|---|---:|---:|---:|---:|---:|---|"]
     for size, c in report["cost"].items():

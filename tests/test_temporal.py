@@ -217,6 +217,32 @@ def test_benchmark_reports_ratios_and_tof_for_any_artifact(artifact, tmp_path):
                  "--clip", str(clip), "--clip-gt", str(gt), "--no-cost", "--clear-photos", str(tmp_path / "none"),
                  "--out", str(out)]) == 0
     r = json.loads((out / "report.json").read_text())["clips"]["clip clip"]
-    assert r["pairs"] == 3 and set(r["ratio"]) == {"per_frame", "smoothed", "smoothed_bypass", "dcp"}
+    assert r["pairs"] == 3 and set(r["ratio"]) == {"per_frame", "smoothed", "smoothed_bypass", "dcp", "held_maps"}
     assert all(v >= 0 for v in r["tof"].values())
     assert "| clip clip | 3 |" in (out / "report.md").read_text()
+
+
+def test_held_maps_on_a_still_clip_reproduce_the_graphs_own_output(artifact):
+    """The floor column re-applies the graph's maps in numpy: on a still clip (mean maps = each frame's) it is the output."""
+    from benchmarks.temporal import dehaze, held_maps
+
+    frame = np.ascontiguousarray(_texture(60, 90, 21))  # sides not multiples of the scale: partial cells
+    held = held_maps(str(artifact), [frame, frame])
+    (out, _, _) = dehaze(str(artifact), [frame], {})
+    assert held is not None and np.abs(held[0].astype(int) - out[0]).max() <= 1
+
+
+def test_flicker_on_validation_pans_groups_scenes_and_compares_with_the_floor(artifact, tmp_path):
+    from benchmarks.flicker_val import measure, scene_heads, source_haze, val_psnr
+
+    (tmp_path / "hazy").mkdir(), (tmp_path / "GT").mkdir()
+    for name, seed in (("1410_0", 1), ("1410_orig1", 2), ("frida2-000008_K080", 3), ("frida2-000008_0", 4)):
+        cv2.imwrite(str(tmp_path / "hazy" / f"{name}.png"), _hazy(120, 160, seed))
+        cv2.imwrite(str(tmp_path / "GT" / f"{name}.png"), _texture(120, 160, seed))
+    heads = scene_heads(tmp_path / "hazy")
+    assert [p.stem for p in heads] == ["1410_0", "frida2-000008_0"]
+    assert [source_haze(p) for p in sorted((tmp_path / "hazy").iterdir())] == [False, True, False, True]
+    r = measure(artifact, heads, (48, 64), frames=4, step=3)
+    assert r["clips"] == 2 and r["per_frame_over_floor"] > 0 and r["warping_error"] > 0
+    v = val_psnr(artifact, tmp_path)
+    assert set(v) == {"val_psnr_rendered", "val_psnr_source_haze"} and all(5 < x < 60 for x in v.values())
