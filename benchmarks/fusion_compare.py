@@ -181,16 +181,23 @@ class Comparison:
 
     # -- checks and shared preparation
     def check_plan(self) -> None:
-        """A folder is resumed with the same budget, rows and seeds only (threads change speed, not numbers)."""
+        """A folder is resumed with the same budget only (threads change speed, not numbers).
+
+        Backbones may be added to a finished comparison (its runs are kept and
+        the new backbones train at the same budget); dropping one needs another
+        ``--out``.
+        """
         plan = json.loads(json.dumps({"budget": {k: v for k, v in asdict(self.budget).items() if k != "threads"}}))
         path = self.out / "plan.json"
         if path.is_file():
-            old = json.loads(path.read_text(encoding="utf-8"))
-            if old.get("budget") != plan["budget"]:
+            old = json.loads(path.read_text(encoding="utf-8")).get("budget", {})
+            same = {k: v for k, v in old.items() if k != "backbones"} == {k: v for k, v in plan["budget"].items() if k != "backbones"}
+            if not same or not set(old.get("backbones", [])) <= set(plan["budget"]["backbones"]):
                 raise ConfigError(f"{self.out} holds a comparison with another budget ({path}); "
-                                  "pick another --out (or delete it) to change steps, crop, batch or backbones")
-        else:
-            _write_json(path, plan)
+                                  "pick another --out (or delete it) to change steps, crop or batch, or to drop a backbone")
+            if old.get("backbones") == plan["budget"]["backbones"]:
+                return
+        _write_json(path, plan)
 
     def test_set(self) -> Any:
         from edgehaze.quality import benchmark_sets

@@ -73,6 +73,20 @@ def test_resume_redoes_nothing_and_a_changed_budget_is_refused(folders, finished
     assert C.main(_args(folders, finished, "--report-only")) == 0
     assert C.main(_args(folders, finished, "--stage1-steps", "3")) == 2
     assert "another budget" in capsys.readouterr().err
+    assert C.main(_args(folders, finished, "--backbones", "edge-xs")) == 2  # dropping coa-r: another --out
+    assert "drop a backbone" in capsys.readouterr().err
+
+
+def test_a_backbone_added_to_a_finished_comparison_keeps_the_runs_done(folders, tmp_path):
+    out = tmp_path / "cmp"
+    assert C.main(_args(folders, out, "--backbones", "edge-xs", "--cost-only", "none", "--rows", "control")) == 0
+    result = out / "edge-xs" / "seed0" / "control" / "result.json"
+    before = result.stat().st_mtime_ns
+    assert C.main(_args(folders, out, "--backbones", "edge-xs,edge-s", "--cost-only", "none", "--rows", "control")) == 0
+    assert result.stat().st_mtime_ns == before
+    r = json.loads((out / "results.json").read_text())
+    assert set(r["table"]) == {"edge-xs", "edge-s"}
+    assert json.loads((out / "plan.json").read_text())["budget"]["backbones"] == ["edge-xs", "edge-s"]
 
 
 def test_speed_estimate_adds_up_the_measured_steps(folders, tmp_path, capsys):
