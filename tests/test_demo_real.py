@@ -185,12 +185,16 @@ def test_full_recipe_is_the_config_and_needs_real_data(tmp_path):
     assert cfg["model"]["backbone_kwargs"] == REAL_FULL.backbone_kwargs
     assert cfg["data"]["crop"] == REAL_FULL.crop and cfg["train"]["batch_size"] == REAL_FULL.batch
     assert cfg["train"]["lr"] == REAL_FULL.lr
+    assert cfg["loss"]["stability"] == REAL_FULL.stability > 0 == REAL.stability
     assert "--variants 12 4" in (Path(__file__).parents[1] / "configs" / "real_edge-s.yaml").read_text()
     assert REAL_FULL.variants_for(["sots_indoor_train", "frida2"]) == [12, 4]
 
     data = make_fake_data(tmp_path / "data")
     demo = RealDemo(tmp_path / "run", data, full=True)
     assert demo.sizes is REAL_FULL and demo.mode == "real-full"
+    for stage in ("rgb", "fused", "control"):  # the flicker term in every stage that trains the dehazer
+        assert demo.train_config_dict(stage)["loss"]["stability"] == REAL_FULL.stability
+    assert demo.distill_config_dict()["loss"]["stability"] == REAL_FULL.stability
     with pytest.raises(ConfigError, match="--full is the real-data recipe"):
         run_demo(out=tmp_path / "p", full=True, data=None)
     with pytest.raises(ConfigError, match="--quick and --full"):
