@@ -43,7 +43,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgehaze.errors import CheckpointError, ConfigError, EdgehazeError
-from edgehaze.train.config import DataConfig, TrainSection, _check_choice, _positive, check_validation_not_test
+from edgehaze.train.config import (
+    DataConfig,
+    TrainSection,
+    _check_choice,
+    _positive,
+    check_stability,
+    check_validation_not_test,
+)
 
 FREEZE_MODES = ("backbone_and_fusion", "none")
 FEATURE_LOSSES = ("l1", "mse")
@@ -161,12 +168,9 @@ class DistillConfig:
         _positive(self.report.latency_runs, "report.latency_runs", where)
         if len(self.report.eval_size) != 2 or min(self.report.eval_size) < 16:
             raise ConfigError(f"{where}: 'report.eval_size' is [H, W] with sides >= 16, got {self.report.eval_size}")
-        if min(self.loss.feature_weight, self.loss.output, self.loss.gt, self.loss.stability, self.loss.stability_noise) < 0:
+        if min(self.loss.feature_weight, self.loss.output, self.loss.gt) < 0:
             raise ConfigError(f"{where}: loss weights must be >= 0")
-        if self.loss.stability and (self.loss.stability_shift < 1 or (self.data.crop is not None and self.data.crop <= self.loss.stability_shift)):
-            raise ConfigError(f"{where}: 'loss.stability' compares a crop with a copy shifted by up to "
-                              f"'loss.stability_shift' ({self.loss.stability_shift}) px inside it: it needs a shift "
-                              f">= 1 and 'data.crop' ({self.data.crop}) larger than the shift")
+        check_stability(self.loss, self.data.crop, where)
         if self.distill.cache_teacher == "on" and (self.data.crop is not None or self.data.flip):
             raise ConfigError(
                 f"{where}: 'distill.cache_teacher: on' keeps one teacher result per image and needs "

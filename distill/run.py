@@ -37,7 +37,7 @@ from edgehaze.distill.distiller import (
     teacher_identity,
 )
 from edgehaze.errors import CheckpointError, ConfigError
-from edgehaze.train.stability import StabilityTerm
+from edgehaze.train.stability import stability_term
 
 
 def _scheduler(opt: torch.optim.Optimizer, cfg: DistillConfig) -> torch.optim.lr_scheduler.LambdaLR:
@@ -136,8 +136,7 @@ def run_distill(cfg: DistillConfig, resume: bool = False, progress: Optional[boo
         unused = set(range(len(student.depth.feature_channels))) - set(student.levels)
         model = wrap_model(student, ctx, cfg.train.find_unused_parameters or bool(unused))
         cache = TeacherCache() if cfg.cache_enabled() else None
-        stability = (StabilityTerm(cfg.loss.stability, cfg.loss.stability_shift, cfg.loss.stability_noise)
-                     if cfg.loss.stability else None)
+        stability = stability_term(cfg.loss)
         bar = None
         if ctx.is_main and show:
             from tqdm import tqdm

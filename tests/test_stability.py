@@ -53,6 +53,11 @@ def test_config_rejects_a_crop_not_larger_than_the_shift(tmp_path: Path) -> None
                                   "stages": ["rgb"], "loss": {"stability": 1.0}}, "t")
     with pytest.raises(ConfigError, match="loss.stability_shift"):
         cfg.validate("t")
+    from edgehaze.distill.distiller import DistillConfig  # the distiller shares the check
+
+    dcfg = from_dict(DistillConfig, {"data": {"root": str(tmp_path), "crop": 8}, "loss": {"stability": 1.0}}, "d")
+    with pytest.raises(ConfigError, match="loss.stability_shift"):
+        dcfg.validate("d")
 
 
 def _train(tmp_path: Path, data: Path) -> Path:

@@ -282,22 +282,21 @@ class TrainConfig:
                 "without random augmentation; set 'data.crop: null' and 'data.flip: false' "
                 "(or turn the cache off)"
             )
-        self.loss_checks(where)
+        check_stability(self.loss, self.data.crop, where)
         if self.data.root is None:
             raise ConfigError(f"{where}: 'data.root' is not set; pass data.root=DIR")
         check_validation_not_test(self.data, where)
 
 
-    def loss_checks(self, where: str) -> None:
-        """The stability term's settings (the restoration weights are checked where the loss is built)."""
-        lo = self.loss
-        if lo.stability < 0 or lo.stability_noise < 0 or lo.stability_shift < 1:
-            raise ConfigError(f"{where}: 'loss.stability' and 'loss.stability_noise' must be >= 0 and "
-                              f"'loss.stability_shift' >= 1, got {lo.stability}, {lo.stability_noise}, {lo.stability_shift}")
-        if lo.stability and self.data.crop is not None and self.data.crop <= lo.stability_shift:
-            raise ConfigError(f"{where}: 'loss.stability' compares a crop with a copy shifted by up to "
-                              f"'loss.stability_shift' ({lo.stability_shift}) px inside it: 'data.crop' "
-                              f"({self.data.crop}) must be larger")
+def check_stability(loss: Any, crop: Optional[int], where: str) -> None:
+    """The stability term's settings (``loss.stability*``), shared by ``edgehaze train`` and ``edgehaze distill``."""
+    if loss.stability < 0 or loss.stability_noise < 0 or loss.stability_shift < 1:
+        raise ConfigError(f"{where}: 'loss.stability' and 'loss.stability_noise' must be >= 0 and "
+                          f"'loss.stability_shift' >= 1, got {loss.stability}, {loss.stability_noise}, {loss.stability_shift}")
+    if loss.stability and crop is not None and crop <= loss.stability_shift:
+        raise ConfigError(f"{where}: 'loss.stability' compares a crop with a copy shifted by up to "
+                          f"'loss.stability_shift' ({loss.stability_shift}) px inside it: 'data.crop' "
+                          f"({crop}) must be larger")
 
 
 _TEST_NAMES = ("test", "testing", "sots")

@@ -34,7 +34,7 @@ really see.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +67,13 @@ class StabilityTerm:
             copy = copy + self.noise * torch.randn_like(copy)
         moved = forward(copy, win)
         return F.l1_loss(moved.float(), pred[..., oy:oy + h, ox:ox + w].float())
+
+
+def stability_term(loss: Any) -> Optional[StabilityTerm]:
+    """The term a config's ``loss`` section asks for (``stability`` > 0), else None (train and distill alike)."""
+    if not loss.stability:
+        return None
+    return StabilityTerm(loss.stability, loss.stability_shift, loss.stability_noise)
 
 
 def sub_box(box: Sequence[int], win: Window) -> list:

@@ -41,7 +41,7 @@ from edgehaze.train.data import build_train_set, build_val_set, ensure_data
 from edgehaze.train.ddp import DistContext, barrier, cleanup, init_distributed, unwrap
 from edgehaze.train.depth_crop import FullImageDepth
 from edgehaze.train.losses import RestorationLoss
-from edgehaze.train.stability import StabilityTerm, Window, sub_box
+from edgehaze.train.stability import StabilityTerm, Window, stability_term, sub_box
 from edgehaze.train.state import seed_everything
 from edgehaze.train.trainer import StageResult, Trainer
 
@@ -222,13 +222,6 @@ def reference_depth_kwargs(model: nn.Module, batch: Dict[str, Any], rows: Option
 
 
 # ---------------------------------------------------------------- step / validation
-def stability_term(loss: Any) -> Optional[StabilityTerm]:
-    """The config's stability term (``loss.stability`` > 0), else None."""
-    if not loss.stability:
-        return None
-    return StabilityTerm(loss.stability, loss.stability_shift, loss.stability_noise)
-
-
 def make_step_fn(loss_fn: RestorationLoss, cache: Optional[Any] = None,  # type: ignore[no-untyped-def]
                  stability: Optional[StabilityTerm] = None):
     """The teacher's micro-batch step: dehaze the hazy batch, loss against GT.
