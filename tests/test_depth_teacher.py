@@ -28,6 +28,45 @@ def test_aligned_metrics_perfect_and_wrong() -> None:
     assert bad["abs_rel"] > 0.1 and bad["delta1"] < 1.0
 
 
+def test_augmented_crop_keeps_image_and_depth_aligned() -> None:
+    """A crop that moved the image but not the depth (or the reverse) would teach the wrong depth."""
+    from edgehaze.depth_teacher import _augment, _relative_batch
+
+    torch.manual_seed(0)
+    h, w = 24, 32
+    coarse = 0.3 + 0.4 * torch.rand(3, 1, 4, 6)           # per-image smooth random structure, away from the clamp
+    pattern = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+    inv = pattern.clone()
+    x = pattern[:, None].expand(3, 3, h, w).contiguous()  # grey image = inverse depth
+    valid = torch.ones(3, h, w, dtype=torch.bool)
+    valid[:, :4] = False                                   # an invalid band (sky) travels with the crop too
+    gen = torch.Generator().manual_seed(1)
+    xa, inva, va = _augment(x, inv, valid, gen, min_scale=0.5)
+    assert xa.shape == x.shape and inva.shape == inv.shape and va.dtype == torch.bool
+    for i in range(3):
+        g, d = xa[i].mean(0)[va[i]], inva[i][va[i]]
+        corr = torch.corrcoef(torch.stack([g, d]))[0, 1]
+        assert corr > 0.9, f"image {i}: crop of image and depth disagree (corr {float(corr):.3f})"
+    assert not torch.equal(xa, x), "augmentation changed nothing"
+    rel = _relative_batch(inva, va)
+    assert float(rel[va].max()) == pytest.approx(1.0) and bool((rel[~va] == 1.5).all())
+
+
+def test_ramp_reference_is_exact_on_a_floor_and_not_on_a_wall() -> None:
+    import numpy as np
+
+    from edgehaze.depth_teacher import ramp_reference
+
+    h, w = 12, 16
+    floor_inv = np.linspace(0.2, 1.0, h, dtype=np.float32)[:, None].repeat(w, 1)   # nearer down the frame
+    wall_inv = np.linspace(0.2, 1.0, w, dtype=np.float32)[None, :].repeat(h, 0)    # depth varies across, not down
+    scene = lambda inv: {"clear": np.zeros((h, w, 3), np.float32), "depth": 1.0 / inv,  # noqa: E731
+                         "valid": np.ones((h, w), bool)}
+    assert ramp_reference([scene(floor_inv)])["abs_rel"] == pytest.approx(0.0, abs=1e-4)
+    assert ramp_reference([scene(wall_inv)])["abs_rel"] > 0.2
+    assert ramp_reference([]) == {"images": 0}
+
+
 SHARED = Path(os.environ.get("EDGEHAZE_SHARED", "/work/shared"))
 
 
