@@ -2,6 +2,7 @@
 
     python benchmarks/depth_gain.py --out runs/depth_gain [--data $EDGEHAZE_SHARED/data] [--synth data/real]
         [--seeds 0 1 2] [--stage1-steps N] [--stage2-steps N] [--rows ROW ...] [--teacher FOLDER]
+        [--teacher-model dav2-l --teacher WEIGHTS --teacher-input 518]
         [--backbone edge-s] [--backbone-kwargs JSON] [--threads 1] [--report-only] [--quick]
 
 Why: on procedural scenes the fused model and the RGB-only model tie and the
@@ -99,6 +100,7 @@ class Budget:
     teacher_steps: int = 600
     teacher_batch: int = 8
     teacher_input: int = 98
+    teacher_model: str = "tiny"  # the depth model the teacher rows load: tiny (trained here) or e.g. dav2-l (--teacher)
     distill_steps: int = 1000
     distill_lr: float = 2e-3
     student_widths: Tuple[int, ...] = (8, 16, 32, 64)
@@ -347,9 +349,12 @@ class DepthGain(Reproduction):
         b = self.budget
         val_every = int(json.loads((self.synth / "synth.json").read_text()).get("val_every", 7)) \
             if (self.synth / "synth.json").is_file() else None
+        if b.teacher_model != "tiny" and self.given_teacher is None:
+            raise ConfigError(f"--teacher-model {b.teacher_model} needs its weights: --teacher PATH (the official "
+                              "checkpoint or a local Hugging Face folder; nothing is downloaded)")
         with _logged(self.out / "teacher" / "run.log"):
             if self.given_teacher is not None:
-                info = _score_given_teacher(self.data_dir, self.teacher, b.teacher_input, val_every)
+                info = _score_given_teacher(self.data_dir, self.teacher, b.teacher_input, val_every, b.teacher_model)
             else:
                 info = train_real_teacher(self.data_dir, self.teacher, steps=b.teacher_steps,
                                           batch_size=b.teacher_batch, input_size=b.teacher_input, seed=0,
@@ -398,7 +403,8 @@ class DepthGain(Reproduction):
         model: Dict[str, Any] = {"backbone": b.backbone, "backbone_kwargs": dict(b.backbone_kwargs),
                                  "fusion": b.fusion, "depth": None}
         if row is not None and row.depth == "teacher":
-            model.update(depth="tiny", depth_weights=str(self.teacher), depth_kwargs={"input_size": b.teacher_input})
+            model.update(depth=b.teacher_model, depth_weights=str(self.teacher),
+                         depth_kwargs={"input_size": b.teacher_input})
         elif row is not None and row.depth == "oracle":
             model.update(depth="oracle", depth_weights=str(self.oracle))
         if model["depth"]:  # each fusion point takes the depth level whose stride matches relative to the image
@@ -541,21 +547,31 @@ class DepthGain(Reproduction):
         return results
 
 
-def _score_given_teacher(data_dir: Path, folder: Path, input_size: int, val_every: Optional[int]) -> Dict[str, Any]:
-    """AbsRel / delta1 of a given teacher folder and of the untrained architecture on the same scenes."""
+def _score_given_teacher(data_dir: Path, folder: Path, input_size: int, val_every: Optional[int],
+                         model: str = "tiny") -> Dict[str, Any]:
+    """AbsRel / delta1 of a given teacher (``model`` loaded from ``folder``) on the val and test scenes.
+
+    For the ``tiny`` stand-in also the untrained architecture on the same
+    scenes; a released model (``dav2-l``...) cannot be built without its
+    weights, so it has no untrained row.
+    """
     import torch
 
     from edgehaze.demo_teacher import load_teacher
-    from edgehaze.depth_teacher import EVAL_PARTS, evaluate, real_depth_scenes
+    from edgehaze.depth_teacher import EVAL_PARTS, evaluate, ramp_reference, real_depth_scenes
     from edgehaze.models.dehazer import build_depth
 
     scenes = real_depth_scenes(data_dir, val_every=val_every)
     torch.manual_seed(0)
-    untrained = build_depth("tiny", input_size=input_size)
-    trained = load_teacher(folder, input_size)
-    return {"untrained": {k: evaluate(untrained, scenes[k]) for k in EVAL_PARTS},
-            "trained": {k: evaluate(trained, scenes[k]) for k in EVAL_PARTS},
-            "given": str(folder), "input_size": input_size, "train_images": None, "steps": None}
+    if model == "tiny":
+        untrained = {k: evaluate(build_depth("tiny", input_size=input_size), scenes[k]) for k in EVAL_PARTS}
+        trained = load_teacher(folder, input_size)
+    else:
+        untrained = {}
+        trained = build_depth(model, weights=str(folder), input_size=input_size)
+    return {"untrained": untrained, "trained": {k: evaluate(trained, scenes[k]) for k in EVAL_PARTS},
+            "ramp": {k: ramp_reference(scenes[k]) for k in EVAL_PARTS},
+            "given": str(folder), "model": model, "input_size": input_size, "train_images": None, "steps": None}
 
 
 def _oracle_sources(folder: Path) -> Dict[str, Any]:
@@ -780,9 +796,11 @@ def markdown(r: Dict[str, Any]) -> str:
     tq = ((r.get("teacher") or {}).get("trained") or {})
     if tq.get("test", {}).get("images"):
         u = ((r["teacher"].get("untrained") or {}).get("test")) or {}
+        ramp = ((r["teacher"].get("ramp") or {}).get("test")) or {}
         lines += ["", f"Depth teacher on the test scenes: AbsRel {tq['test']['abs_rel']:.3f} (untrained "
-                      f"{_num(u.get('abs_rel'), '.3f')}), delta<1.25 {tq['test']['delta1']:.3f} (untrained "
-                      f"{_num(u.get('delta1'), '.3f')})."]
+                      f"{_num(u.get('abs_rel'), '.3f')}; a vertical ramp {_num(ramp.get('abs_rel'), '.3f')}), "
+                      f"delta<1.25 {tq['test']['delta1']:.3f} (untrained {_num(u.get('delta1'), '.3f')}; ramp "
+                      f"{_num(ramp.get('delta1'), '.3f')})."]
     lines += [""] + _branch_lines(r)
     if r.get("missing_runs"):
         lines += ["Runs not finished: " + ", ".join(r["missing_runs"]) + ".", ""]
@@ -803,13 +821,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--data", default=str(Path(shared) / "data") if shared else None,
                    help="the shared data folder: sots_indoor/, frida2/ (default $EDGEHAZE_SHARED/data)")
     p.add_argument("--synth", default="data/real", help="edgehaze synth --rgbd output: train/ val/ with depth/")
-    p.add_argument("--teacher", default=None, help="a trained real-scene teacher folder (default: train one)")
+    p.add_argument("--teacher", default=None,
+                   help="the teacher's weights: a trained stand-in folder (default: train one) or, with "
+                        "--teacher-model, the released model's checkpoint or local Hugging Face folder")
+    p.add_argument("--teacher-model", default=None,
+                   help=f"depth model of the teacher rows (default {DEFAULT.teacher_model}: the stand-in; e.g. "
+                        "dav2-l or da3-mono-l with --teacher PATH and --teacher-input 518)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default 0 1 2; --quick: 0)")
     p.add_argument("--rows", nargs="+", default=None, metavar="ROW", help=f"rows (dependencies added): {', '.join(ROWS)}")
     p.add_argument("--backbone", default=None, help=f"backbone (default {DEFAULT.backbone})")
     p.add_argument("--backbone-kwargs", default=None, help=f"JSON (default {json.dumps(DEFAULT.backbone_kwargs)})")
     for flag, key in (("--stage1-steps", "stage1_steps"), ("--stage2-steps", "stage2_steps"),
                       ("--distill-steps", "distill_steps"), ("--teacher-steps", "teacher_steps"),
+                      ("--teacher-input", "teacher_input"),
                       ("--long-factor", "long_factor")):
         p.add_argument(flag, type=int, default=None, help=f"default {getattr(DEFAULT, key)}")
     for flag, key in (("--lr-scale", "lr_scale"), ("--z1-std", "z1_std"), ("--stage2-lr", "stage2_lr")):
@@ -825,8 +849,8 @@ def budget_from_args(args: argparse.Namespace) -> Budget:
     """The preset with the command line's changes, checked (one-line errors)."""
     budget = QUICK if args.quick else DEFAULT
     changes: Dict[str, Any] = {}
-    for key in ("stage1_steps", "stage2_steps", "distill_steps", "teacher_steps", "long_factor", "lr_scale",
-                "z1_std", "stage2_lr", "backbone", "threads"):
+    for key in ("stage1_steps", "stage2_steps", "distill_steps", "teacher_steps", "teacher_input", "long_factor",
+                "lr_scale", "z1_std", "stage2_lr", "backbone", "teacher_model", "threads"):
         value = getattr(args, key, None)
         if value is not None:
             if not isinstance(value, str) and not value > 0:

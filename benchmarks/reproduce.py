@@ -333,7 +333,9 @@ class Reproduction:
         path = self.out / "plan.json"
         if path.is_file():
             old = json.loads(path.read_text(encoding="utf-8"))
-            old_budget = {k: v for k, v in (old.get("budget") or {}).items() if k != "threads"}
+            # a field added since that plan was written ran at its default (it did not exist yet)
+            defaults = json.loads(json.dumps(asdict(type(self.budget)())))
+            old_budget = {k: v for k, v in {**defaults, **(old.get("budget") or {})}.items() if k != "threads"}
             if old_budget != json.loads(json.dumps(plan["budget"])):
                 raise ConfigError(f"{self.out} holds a reproduction with another budget ({path}); "
                                   "pick another --out (or delete it) to change --steps/--quick")

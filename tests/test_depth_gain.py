@@ -128,6 +128,24 @@ def test_every_row_validates_on_val_and_a_test_split_is_refused(folders: dict, t
         replace(configs[1], data=replace(configs[1].data, val_split="test")).validate("x")
 
 
+def test_a_released_teacher_is_loaded_by_name_and_needs_its_weights(folders: dict, tmp_path: Path) -> None:
+    """--teacher-model dav2-l: the teacher rows load that model from --teacher; without weights, a clear error."""
+    from dataclasses import replace
+
+    budget = replace(G.QUICK, teacher_model="dav2-l", teacher_input=518)
+    run = G.DepthGain(tmp_path / "out", budget, [0], ["teacher"], folders["data"], folders["synth"],
+                      teacher=str(tmp_path / "dav2-l.pth"), progress=False)
+    model = run._model_section(G.ROWS["teacher"])
+    assert model["depth"] == "dav2-l" and model["depth_weights"] == str((tmp_path / "dav2-l.pth").resolve())
+    assert model["depth_kwargs"] == {"input_size": 518}
+    assert run._model_section(G.ROWS["oracle"])["depth"] == "oracle"
+    bare = G.DepthGain(tmp_path / "out2", budget, [0], ["teacher"], folders["data"], folders["synth"], progress=False)
+    with pytest.raises(ConfigError, match="--teacher-model dav2-l needs its weights"):
+        bare.prepare_teacher()
+    args = G.parse_args(["--teacher-model", "dav2-l", "--teacher-input", "518", "--quick"])
+    assert G.budget_from_args(args).teacher_model == "dav2-l" and G.budget_from_args(args).teacher_input == 518
+
+
 def test_targets_and_comparisons_from_hand_made_runs() -> None:
     def run(seed, name, sots, frida):
         return {"seed": seed, "run": name, "cpu_s": 1.0,
