@@ -500,7 +500,7 @@ def run_stream(model: Path, video: "str | Path", output: "str | Path", stats_jso
     return {"model": str(model), "output": str(output), "fps": stats.get("fps"), "frames": stats.get("frames"),
             "wall_s": stats.get("wall_s"), "stages_median_ms": stages, "backend": stats.get("backend"),
             "depth_every": stats.get("depth_every", depth_every), "depth_refreshes": stats.get("depth_refreshes"),
-            "stats_json": str(stats_json), "log": str(log)}
+            "temporal": stats.get("temporal"), "stats_json": str(stats_json), "log": str(log)}
 
 
 # ---------------------------------------------------------------- the report
@@ -826,12 +826,13 @@ def _teacher_lines(r: Dict[str, Any]) -> List[str]:
 
 
 def stream_table_lines(runs: Any, first: str = "artifact") -> List[str]:
-    """One row per ``run_stream`` result: artifact, depth every, backend, FPS and the five stage medians."""
-    lines = [f"| {first} | depth every | backend | FPS | capture ms | pre ms | infer ms | post ms | write ms |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    """One row per ``run_stream`` result: artifact, depth every, smoothing, backend, FPS and the five stage medians."""
+    lines = [f"| {first} | depth every | smoothing | backend | FPS | capture ms | pre ms | infer ms | post ms | write ms |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for run in runs:
         sm = run.get("stages_median_ms") or {}
         lines.append(f"| {run.get('label') or Path(run['model']).name} | {run.get('depth_every')} | "
+                     f"{_num(run.get('temporal'), '.2g')} | "
                      f"{run.get('backend')} | {_num(run.get('fps'), '.1f')} | "
                      + " | ".join(_num(sm.get(k), '.2f') for k in ("capture", "pre", "infer", "post", "write")) + " |")
     return lines

@@ -12,7 +12,7 @@ A :class:`Dehazer` is not thread-safe; use one per thread.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,25 @@ class Dehazer:
         self._temporal = TemporalRunner(self._backend, float(temporal)) if temporal > 0 else None
         self._gate = HazeGate() if bypass else None
         self.scene_cuts = 0
+
+    def set_temporal(self, strength: float) -> None:
+        """Switch video smoothing on (``0 < strength < 1``) or off (0) on an open handle; the next frame starts over.
+
+        Raises like the ``temporal`` option where the backend cannot smooth
+        (a TensorRT ``.engine``: UNSUPPORTED; no ``onnx`` package:
+        BACKEND_UNAVAILABLE; not an edge-* fused graph: UNSUPPORTED), and
+        then leaves the handle as it was: ``runtime/stream.py``'s default
+        tries smoothing this way and streams per frame when it is refused.
+        """
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 <= strength < 1.0:
+            raise RuntimeError_(Status.BAD_ARGUMENT, f"temporal must be a strength in [0, 1), got {strength!r}")
+        if self._closed:
+            raise RuntimeError_(Status.CLOSED, "set_temporal() on a closed handle")
+        runner = TemporalRunner(self._backend, float(strength)) if strength > 0 else None
+        if self._temporal is not None:
+            self._temporal.close()
+        self._temporal = runner
+        self.options = replace(self.options, temporal=float(strength))
 
     # -- properties ---------------------------------------------------------------------------------
     @property

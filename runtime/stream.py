@@ -43,6 +43,7 @@ from .errors import RuntimeError_, Status, mask_text  # noqa: E402
 from .gst import FLIP_METHODS, INPUT_CODECS, OUTPUT_CODECS  # noqa: E402
 from .sinks import Sink, open_sink  # noqa: E402
 from .sources import Source, _cv2, open_source  # noqa: E402
+from .temporal import DEFAULT_STRENGTH  # noqa: E402
 
 STAGES = ("capture", "pre", "infer", "post", "write")
 _KEEP = 20000  # samples per stage kept for medians (bounded memory on endless streams)
@@ -319,9 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-optimized", default=None, help="save onnxruntime's optimised graph to this path")
     p.add_argument("--depth-every", type=int, default=1,
                    help="recompute depth features every N frames (N>1 needs the two-graph export)")
-    p.add_argument("--temporal", type=float, default=0.0, metavar="STRENGTH",
-                   help="causal smoothing of the low-resolution maps, strength in [0, 1) (0: off; edge-* fused "
-                        "graphs, needs the onnx package)")
+    p.add_argument("--temporal", type=float, default=None, metavar="STRENGTH",
+                   help="causal smoothing of the low-resolution maps, strength in [0, 1) (edge-* fused ONNX graphs, "
+                        f"needs the onnx package); default {DEFAULT_STRENGTH} where the model allows it, else per "
+                        "frame; 0: off (per-frame output, bit-exact)")
     p.add_argument("--bypass", action="store_true",
                    help="pass clear frames through unchanged (dark-channel haze score with hysteresis)")
     p.add_argument("--flicker-stats", type=int, nargs="?", const=480, default=None, metavar="SIDE",
@@ -341,6 +343,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-bitrate", type=int, default=4000, help="kbit/s for GStreamer encoders (default 4000)")
     p.add_argument("--output-fps", type=float, default=None, help="video output frame rate (default: the input's)")
     return p
+
+
+def default_smoothing(dehazer: Dehazer) -> None:
+    """``--temporal`` not given: smooth at :data:`DEFAULT_STRENGTH` where the opened model allows it.
+
+    A TensorRT engine, a graph without correction maps or a missing onnx
+    package streams per frame, with one line saying why and how to choose.
+    """
+    try:
+        dehazer.set_temporal(DEFAULT_STRENGTH)
+        log(f"video smoothing {DEFAULT_STRENGTH} (the default; --temporal 0 for per-frame output)")
+    except RuntimeError_ as exc:
+        if exc.code not in (Status.UNSUPPORTED, Status.BACKEND_UNAVAILABLE):
+            raise
+        log(f"video smoothing off: {exc}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -364,8 +381,10 @@ def main(argv: list[str] | None = None) -> int:
         dehazer = Dehazer(args.model, Options(provider=args.provider, threads=args.threads, spin=args.spin,
                                               graph_optimization=args.graph_opt,
                                               optimized_model_path=args.save_optimized,
-                                              depth_every=args.depth_every, temporal=args.temporal,
-                                              bypass=args.bypass))
+                                              depth_every=args.depth_every,
+                                              temporal=args.temporal or 0.0, bypass=args.bypass))
+        if args.temporal is None:
+            default_smoothing(dehazer)
         log(f"model {args.model} on {dehazer.backend_name} ({args.threads} threads), channel order "
             f"{dehazer.channel_order}, depth every {dehazer.depth_every} frame(s)")
         source = open_source(args.input, width=args.input_width, height=args.input_height,

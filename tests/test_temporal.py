@@ -200,6 +200,60 @@ def test_stream_reports_video_counters_and_flicker(artifact, tmp_path):
                  "--temporal", "1.5"]) == 2
 
 
+def test_stream_smooths_by_default_and_zero_gives_per_frame_bytes(artifact, tmp_path):
+    """A video tool's default: smoothing where the graph allows it; --temporal 0 is today's per-frame output."""
+    import json
+
+    from runtime.stream import main
+    from runtime.temporal import DEFAULT_STRENGTH
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    big = _hazy(80, 120, 15)
+    clip = [np.ascontiguousarray(big[:64, 2 * k:2 * k + 80]) for k in range(5)]
+    for k, f in enumerate(clip):
+        cv2.imwrite(str(frames / f"f_{k}.png"), f[..., ::-1])
+
+    def stream(*extra: str) -> tuple:
+        out, stats = tmp_path / f"out{len(extra)}", tmp_path / f"s{len(extra)}.json"
+        assert main(["--model", str(artifact), "--input", str(frames), "--output", str(out) + "/", "--headless",
+                     "--stats-json", str(stats), "--stats-interval", "0", *extra]) == 0
+        got = [cv2.imread(str(q))[..., ::-1] for q in sorted(out.iterdir())]
+        return got, json.loads(stats.read_text())["temporal"]
+
+    def expected(strength: float) -> list:
+        with runtime.Dehazer(artifact, {"temporal": strength}) as d:
+            return [d.run(f) for f in clip]
+
+    default, t_default = stream()
+    off, t_off = stream("--temporal", "0")
+    assert t_default == DEFAULT_STRENGTH and t_off == 0.0
+    smooth, plain = expected(DEFAULT_STRENGTH), expected(0.0)
+    assert all(np.array_equal(a, b) for a, b in zip(default, smooth))
+    assert all(np.array_equal(a, b) for a, b in zip(off, plain))
+    assert not all(np.array_equal(a, b) for a, b in zip(smooth, plain))  # the default does smooth
+
+
+def test_set_temporal_is_refused_without_correction_maps_and_leaves_the_handle(tmp_path):
+    """A graph with no correction maps cannot smooth: UNSUPPORTED, and the handle still runs per frame."""
+    try:
+        from _artifacts import make_artifact
+    except ImportError:  # tests/ imported as a package
+        from tests._artifacts import make_artifact
+
+    path = make_artifact(tmp_path, two_graph=False)  # a contract-following toy graph, not an edge-* fused one
+    frame = _hazy(32, 40, 16)
+    with runtime.Dehazer(path) as d:
+        with pytest.raises(RuntimeError_) as e:
+            d.set_temporal(0.7)
+        assert e.value.code == Status.UNSUPPORTED and d.options.temporal == 0.0
+        with runtime.Dehazer(path) as ref:
+            assert np.array_equal(d.run(frame), ref.run(frame))
+        with pytest.raises(RuntimeError_) as e:
+            d.set_temporal(1.0)
+        assert e.value.code == Status.BAD_ARGUMENT
+
+
 def test_benchmark_reports_ratios_and_tof_for_any_artifact(artifact, tmp_path):
     import json
 
