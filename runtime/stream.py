@@ -383,10 +383,10 @@ def main(argv: list[str] | None = None) -> int:
                                               optimized_model_path=args.save_optimized,
                                               depth_every=args.depth_every,
                                               temporal=args.temporal or 0.0, bypass=args.bypass))
-        if args.temporal is None:
-            default_smoothing(dehazer)
         log(f"model {args.model} on {dehazer.backend_name} ({args.threads} threads), channel order "
             f"{dehazer.channel_order}, depth every {dehazer.depth_every} frame(s)")
+        if args.temporal is None:
+            default_smoothing(dehazer)
         source = open_source(args.input, width=args.input_width, height=args.input_height,
                              rate=args.input_rate, timeout_s=args.input_timeout, flip=args.input_flip,
                              codec=args.input_codec)
