@@ -1,6 +1,7 @@
 """Flicker of trained runs on validation images: choosing an anti-flicker setting without test video.
 
     python benchmarks/flicker_val.py --val runs/demo-full/data/val RUN_DIR [RUN_DIR ...]
+    python benchmarks/flicker_val.py --val runs/demo-full/data/val --frame-height 1080 --size 1080 1440 A.onnx B.onnx
 
 For each ``edgehaze train`` run directory (its last stage's ``last.safetensors``
 exported once to ``RUN/flicker_val.onnx`` by ``edgehaze export --dynamic``),
@@ -15,6 +16,12 @@ the export's PSNR on the whole validation split, split into re-rendered
 pairs and pairs with the sources' own haze (:func:`val_psnr`): the table of
 configs/README.md, "Flicker". Only validation images are read, so the choice stays off the test
 sets (the real fog drive scores the chosen model afterwards).
+
+An artifact (``.onnx``) instead of a run directory is measured as it is:
+how the 1080p artifact's internal scale is chosen (configs/README.md,
+"Flicker"). ``--frame-height H`` resizes the validation pairs (bicubic,
+aspect kept) to frames of height ``H`` before scoring, so an artifact is
+scored at the frame size it serves; the pans take ``--size`` windows.
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ for p in (ROOT, ROOT / "benchmarks"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
+from edgehaze.fsutil import atomic_write  # noqa: E402
 from runtime.flicker import WarpingError  # noqa: E402
 from temporal import IMAGE_EXT, dehaze, held_maps, panning_clip, read_rgb  # noqa: E402
 
@@ -67,21 +75,32 @@ def source_haze(path: Path) -> bool:
     return not path.stem.rsplit("_", 1)[-1].isdigit()
 
 
-def val_psnr(model: Path, val_root: Path) -> Dict[str, float]:
+def to_height(image: np.ndarray, height: Optional[int]) -> np.ndarray:
+    """``image`` resized (bicubic, aspect kept) to ``height`` rows; as is for None."""
+    if not height or image.shape[0] == height:
+        return image
+    import cv2
+
+    width = round(image.shape[1] * height / image.shape[0])
+    return np.ascontiguousarray(cv2.resize(image, (width, height), interpolation=cv2.INTER_CUBIC))
+
+
+def val_psnr(model: Path, val_root: Path, height: Optional[int] = None) -> Dict[str, float]:
     """Mean PSNR (dB) of the exported model on ``val_root/hazy`` vs ``val_root/GT``: re-rendered pairs and source-haze pairs.
 
     The split's renderings come from the same renderer as the training
     pairs; the pairs with the sources' own haze (RESIDE's indoor haze,
     FRIDA2's fog) are the validation images closest to the real test sets,
-    and the ones that show what a setting costs there.
+    and the ones that show what a setting costs there. ``height``: both
+    images of each pair resized to that many rows first (:func:`to_height`).
     """
     from edgehaze.metrics import psnr
 
     sums: Dict[str, list] = {"rendered": [], "source_haze": []}
     hazy = sorted(q for q in (val_root / "hazy").iterdir() if q.suffix.lower() in IMAGE_EXT)
-    outs, _, _ = dehaze(str(model), [read_rgb(q) for q in hazy], {})
+    outs, _, _ = dehaze(str(model), [to_height(read_rgb(q), height) for q in hazy], {})
     for q, out in zip(hazy, outs):
-        gt = read_rgb(val_root / "GT" / q.name)
+        gt = to_height(read_rgb(val_root / "GT" / q.name), height)
         sums["source_haze" if source_haze(q) else "rendered"].append(psnr(out.astype(np.float32) / 255, gt.astype(np.float32) / 255))
     return {f"val_psnr_{k}": float(np.mean(v)) for k, v in sums.items() if v}
 
@@ -105,12 +124,15 @@ def measure(model: Path, images: Sequence[Path], size: tuple, frames: int, step:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", type=Path, help="edgehaze train run directories")
+    p.add_argument("runs", nargs="+", type=Path,
+                   help="edgehaze train run directories (or exported .onnx artifacts, measured as they are)")
     p.add_argument("--val", type=Path, required=True,
                    help="the validation split (hazy/ and GT/; e.g. runs/demo-full/data/val)")
     p.add_argument("--size", type=int, nargs=2, default=(240, 320), metavar=("H", "W"))
     p.add_argument("--frames", type=int, default=12)
     p.add_argument("--step", type=int, default=3)
+    p.add_argument("--frame-height", type=int, default=None, metavar="H",
+                   help="score the validation pairs resized to frames of this height (e.g. 1080)")
     a = p.parse_args(argv)
     if not (a.val / "hazy").is_dir() or not (a.val / "GT").is_dir():
         raise SystemExit(f"--val {a.val}: not a validation split (needs hazy/ and GT/; e.g. runs/demo-full/data/val)")
@@ -118,13 +140,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("| run | val_log PSNR / SSIM | val PSNR rendered / source haze | per frame / floor (median) | warping error |\n"
           "|---|---|---|---:|---:|")
     for run in a.runs:
-        model = export_run(run)
-        r = {**measure(model, images, tuple(a.size), a.frames, a.step), **val_psnr(model, a.val), **last_val(run)}
+        artifact = run.suffix == ".onnx"
+        if artifact and not run.is_file():
+            raise SystemExit(f"{run}: no such artifact (pass an exported .onnx or an edgehaze train run directory)")
+        model = run if artifact else export_run(run)
+        r = {**measure(model, images, tuple(a.size), a.frames, a.step), **val_psnr(model, a.val, a.frame_height),
+             **({} if artifact else last_val(run)), "size": list(a.size), "frame_height": a.frame_height}
         logged = f"{r['psnr']:.2f} / {r['ssim']:.3f}" if "psnr" in r else "-"
         print(f"| {run} | {logged} | {r.get('val_psnr_rendered', float('nan')):.2f} / "
               f"{r.get('val_psnr_source_haze', float('nan')):.2f} | {r['per_frame_over_floor']:.2f} | "
               f"{r['warping_error']:.2e} |", flush=True)
-        (run / "flicker_val.json").write_text(json.dumps(r, indent=2))
+        report = run.with_suffix(".flicker_val.json") if artifact else run / "flicker_val.json"
+        atomic_write(report, lambda tmp: Path(tmp).write_text(json.dumps(r, indent=2)))
     return 0
 
 
