@@ -300,3 +300,26 @@ def test_flicker_on_validation_pans_groups_scenes_and_compares_with_the_floor(ar
     assert r["clips"] == 2 and r["per_frame_over_floor"] > 0 and r["warping_error"] > 0
     v = val_psnr(artifact, tmp_path)
     assert set(v) == {"val_psnr_rendered", "val_psnr_source_haze"} and all(5 < x < 60 for x in v.values())
+
+
+def test_flicker_val_scores_an_artifact_at_the_frame_height_it_serves(artifact, tmp_path, capsys):
+    """An .onnx argument is measured as it is; --frame-height resizes both images of each pair first."""
+    import json
+
+    from benchmarks.flicker_val import main, to_height, val_psnr
+
+    val = tmp_path / "val"
+    (val / "hazy").mkdir(parents=True), (val / "GT").mkdir()
+    for name, seed in (("1410_0", 5), ("1410_orig1", 6)):
+        cv2.imwrite(str(val / "hazy" / f"{name}.png"), _hazy(60, 80, seed))
+        cv2.imwrite(str(val / "GT" / f"{name}.png"), _texture(60, 80, seed))
+    assert to_height(_texture(60, 80, 1), 90).shape == (90, 120, 3)
+    assert val_psnr(artifact, val, 90) != val_psnr(artifact, val)  # a different size, a different score
+    art = tmp_path / "a.onnx"
+    art.write_bytes(Path(artifact).read_bytes())
+    (tmp_path / "a.json").write_text(Path(artifact).with_suffix(".json").read_text())
+    assert main(["--val", str(val), "--frame-height", "90", "--size", "48", "64", "--frames", "3", str(art)]) == 0
+    r = json.loads((tmp_path / "a.flicker_val.json").read_text())
+    assert r["frame_height"] == 90 and r["per_frame_over_floor"] > 0 and "psnr" not in r
+    with pytest.raises(SystemExit, match="no such artifact"):
+        main(["--val", str(val), str(tmp_path / "missing.onnx")])
