@@ -256,7 +256,7 @@ def quantize_core(core: "onnx.ModelProto", calib01: Sequence[np.ndarray],  # noq
                   op_types: Sequence[str] = DEFAULT_QUANT_OPS,
                   extra_inputs: Optional["onnx.ModelProto"] = None,  # noqa: F821
                   target: str = "cpu") -> "onnx.ModelProto":  # noqa: F821
-    """ORT static INT8 (QDQ; per-channel int8 weights, MinMax) of the core.
+    """ORT static INT8 (QDQ; per-channel int8 weights, percentile activation ranges) of the core.
 
     ``calib01``: H x W x 3 float images in [0, 1] at frame resolution
     (rounded to 8-bit values and pooled as the fused graph does before the

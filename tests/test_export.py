@@ -274,3 +274,39 @@ def test_gpu_target_without_tensorrt_gives_install_hint(bare_ckpt, tmp_path):
         pytest.skip("tensorrt is installed here")
     with pytest.raises(EdgehazeError, match=r"pip install edgehaze\[trt\]"):
         export_checkpoint(bare_ckpt, out=tmp_path, fmt="engine", precision="fp16", **QUIET)
+
+
+def test_ptq_ranges_ignore_a_rare_extreme_activation(tmp_path) -> None:
+    """Percentile calibration (CALIB_PERCENTILE): one outlier pixel must not stretch the activation range."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, quantize_static
+
+    from edgehaze.export.quantize import ort_static_options
+
+    w = numpy_helper.from_array(np.ones((2, 1, 1, 1), np.float32), "w")
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 64, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 64, 64])], [w])
+    src = tmp_path / "f.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    rng = np.random.default_rng(0)
+    batches = [rng.uniform(0, 1, (1, 1, 64, 64)).astype(np.float32) for _ in range(8)]
+    batches[3][0, 0, 5, 5] = 50.0  # one extreme pixel in 32768
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{"x": b} for b in batches])
+
+        def get_next(self):  # type: ignore[no-untyped-def]
+            return next(self.it, None)
+
+    def input_scale(**override) -> float:  # type: ignore[no-untyped-def]
+        dst = tmp_path / f"q{len(override)}.onnx"
+        quantize_static(str(src), str(dst), Reader(), **{**ort_static_options("cpu"), **override})
+        inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(dst)).graph.initializer}
+        return float(next(v for k, v in inits.items() if k.startswith("x") and k.endswith("scale")))
+
+    assert ort_static_options("cpu")["calibrate_method"] == CalibrationMethod.Percentile
+    shipped, minmax = input_scale(), input_scale(calibrate_method=CalibrationMethod.MinMax)
+    assert minmax > 40 / 255 and shipped < 2 / 255, (shipped, minmax)
