@@ -44,8 +44,8 @@ MOTION_SCALE = 0.06
 #: mean cell change above which the scene counts as cut (state reset, depth refreshed)
 CUT_THRESHOLD = 0.12
 #: ``runtime/stream.py``'s smoothing strength when ``--temporal`` is not given (where the graph allows it):
-#: on the shipped student it halves the per-frame flicker of the real fog drive (12.5x -> 4.0x the input's
-#: at 1080p, 6.5x -> 2.7x at 640x360) for about 1% of frame time; a still frame's output is unchanged
+#: on the shipped student it halves the per-frame flicker of the real fog drive (11.6x -> 3.7x the input's
+#: at 1080p, 6.9x -> 2.7x at 640x360) for about 1% of frame time; a still frame's output is unchanged
 DEFAULT_STRENGTH = 0.7
 #: haze-score hysteresis: bypass when the score stays below CLEAR_BELOW, dehaze again above HAZY_ABOVE.
 #: Observed scores (5th / 50th / 95th percentile): SOTS-indoor clear 0.03 / 0.20 / 0.33, hazy 0.35 / 0.53 / 0.68;
