@@ -150,7 +150,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"| {run} | {logged} | {r.get('val_psnr_rendered', float('nan')):.2f} / "
               f"{r.get('val_psnr_source_haze', float('nan')):.2f} | {r['per_frame_over_floor']:.2f} | "
               f"{r['warping_error']:.2e} |", flush=True)
-        report = run.with_suffix(".flicker_val.json") if artifact else run / "flicker_val.json"
+        # not RUN/flicker_val.json: that is the exported artifact's sidecar, which the next run reads
+        report = run.with_suffix(".flicker_val.json") if artifact else run / "flicker_val_report.json"
         atomic_write(report, lambda tmp: Path(tmp).write_text(json.dumps(r, indent=2)))
     return 0
 

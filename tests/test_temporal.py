@@ -323,3 +323,23 @@ def test_flicker_val_scores_an_artifact_at_the_frame_height_it_serves(artifact, 
     assert r["frame_height"] == 90 and r["per_frame_over_floor"] > 0 and "psnr" not in r
     with pytest.raises(SystemExit, match="no such artifact"):
         main(["--val", str(val), str(tmp_path / "missing.onnx")])
+
+
+def test_flicker_val_on_a_run_directory_can_run_again(artifact, tmp_path):
+    """Its report must not overwrite the exported artifact's sidecar (RUN/flicker_val.json), or a rerun fails."""
+    import json
+    import shutil
+
+    from benchmarks.flicker_val import main
+
+    run = tmp_path / "run"
+    (run / "rgb").mkdir(parents=True)
+    shutil.copy(Path(artifact).parents[1] / "s.safetensors", run / "rgb" / "last.safetensors")
+    val = tmp_path / "val"
+    (val / "hazy").mkdir(parents=True), (val / "GT").mkdir()
+    cv2.imwrite(str(val / "hazy" / "1410_0.png"), _hazy(60, 80, 7))
+    cv2.imwrite(str(val / "GT" / "1410_0.png"), _texture(60, 80, 7))
+    for _ in range(2):
+        assert main(["--val", str(val), "--size", "48", "64", "--frames", "3", str(run)]) == 0
+    assert json.loads((run / "flicker_val.json").read_text())["format"] == "edgehaze-artifact"
+    assert json.loads((run / "flicker_val_report.json").read_text())["per_frame_over_floor"] > 0
