@@ -350,7 +350,13 @@ def default_smoothing(dehazer: Dehazer) -> None:
 
     A TensorRT engine, a graph without correction maps or a missing onnx
     package streams per frame, with one line saying why and how to choose.
+    GPU backends too, unless asked: the smoothing graph is a second session
+    (with ORT's TensorRT provider, a second engine build at start-up), which
+    has not been measured on a GPU.
     """
+    if dehazer.device != "cpu":
+        log(f"video smoothing off on {dehazer.backend_name} by default (--temporal {DEFAULT_STRENGTH} turns it on)")
+        return
     try:
         dehazer.set_temporal(DEFAULT_STRENGTH)
         log(f"video smoothing {DEFAULT_STRENGTH} (the default; --temporal 0 for per-frame output)")

@@ -234,6 +234,20 @@ def test_stream_smooths_by_default_and_zero_gives_per_frame_bytes(artifact, tmp_
     assert not all(np.array_equal(a, b) for a, b in zip(smooth, plain))  # the default does smooth
 
 
+def test_the_stream_default_leaves_gpu_backends_per_frame(artifact, capsys):
+    """Unmeasured on a GPU (a second session, a second TensorRT build): the default smooths on the CPU only."""
+    from runtime.stream import default_smoothing
+
+    with runtime.Dehazer(artifact) as d:
+        d.device = "cuda"  # what a CUDA / TensorRT backend reports
+        default_smoothing(d)
+        assert d.options.temporal == 0.0 and d._temporal is None
+        d.device = "cpu"
+        default_smoothing(d)
+        assert d.options.temporal > 0 and d._temporal is not None
+    assert "video smoothing off on" in capsys.readouterr().err
+
+
 def test_set_temporal_is_refused_without_correction_maps_and_leaves_the_handle(tmp_path):
     """A graph with no correction maps cannot smooth: UNSUPPORTED, and the handle still runs per frame."""
     try:
