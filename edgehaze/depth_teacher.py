@@ -152,6 +152,11 @@ def aligned_metrics(pred_inv: torch.Tensor, gt_inv: torch.Tensor, valid: torch.T
     return {"abs_rel": float(((aligned - g).abs() / g).mean()), "delta1": float((ratio < 1.25).double().mean())}
 
 
+def _mean_rows(rows: Sequence[Dict[str, float]]) -> Dict[str, float]:
+    """Per-image :func:`aligned_metrics` averaged, with the image count."""
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} | {"images": len(rows)}
+
+
 @torch.no_grad()
 def evaluate(teacher: Any, scenes: Sequence[Dict[str, np.ndarray]]) -> Dict[str, float]:
     """Mean :func:`aligned_metrics` on the clear images of ``scenes`` (``{"images": 0}`` for none)."""
@@ -162,7 +167,7 @@ def evaluate(teacher: Any, scenes: Sequence[Dict[str, np.ndarray]]) -> Dict[str,
     for i in range(len(scenes)):
         pred = predict_inverse_depth(teacher, batch["clear"][i:i + 1])[0]
         rows.append(aligned_metrics(pred, batch["inv"][i], batch["valid"][i]))
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} | {"images": len(rows)}
+    return _mean_rows(rows)
 
 
 def ramp_reference(scenes: Sequence[Dict[str, np.ndarray]]) -> Dict[str, float]:
@@ -177,8 +182,7 @@ def ramp_reference(scenes: Sequence[Dict[str, np.ndarray]]) -> Dict[str, float]:
     batch = _stack(scenes)
     h, w = batch["inv"].shape[-2:]
     ramp = torch.linspace(1e-3, 1.0, h, dtype=torch.float32)[:, None].expand(h, w)
-    rows = [aligned_metrics(ramp, batch["inv"][i], batch["valid"][i]) for i in range(len(scenes))]
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} | {"images": len(rows)}
+    return _mean_rows([aligned_metrics(ramp, batch["inv"][i], batch["valid"][i]) for i in range(len(scenes))])
 
 
 def _hazy(clear: torch.Tensor, rel: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

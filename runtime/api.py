@@ -99,9 +99,8 @@ class Dehazer:
         self._max_hw = (int(hi[1]), int(hi[2])) if hi and "tensorrt" in self.backend_name.lower() else None
         self._closed = False
         # video mode (runtime/temporal.py): map smoothing spliced into the graph, and the clear-frame gate
-        if isinstance(temporal, bool) or not isinstance(temporal, (int, float)) or not 0.0 <= temporal < 1.0:
-            raise RuntimeError_(Status.BAD_ARGUMENT, f"temporal must be a strength in [0, 1), got {temporal!r}")
-        self._temporal = TemporalRunner(self._backend, float(temporal)) if temporal > 0 else None
+        self._temporal: TemporalRunner | None = None
+        self.set_temporal(temporal)
         self._gate = HazeGate() if bypass else None
         self.scene_cuts = 0
 

@@ -250,7 +250,7 @@ def make_step_fn(loss_fn: RestorationLoss, cache: Optional[Any] = None,  # type:
         hazy, gt = batch["hazy"], batch["gt"]
         pred = forward(net, batch, hazy)
         total, terms = loss_fn(pred, gt)
-        if stability is not None and stability.weight > 0:
+        if stability is not None:
             term = stability(lambda copy, win: forward(net, batch, copy, win), hazy, pred)
             total = total + stability.weight * term
             terms["stability"] = float(term.detach())
