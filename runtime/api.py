@@ -12,6 +12,8 @@ A :class:`Dehazer` is not thread-safe; use one per thread.
 """
 from __future__ import annotations
 
+import numbers
+import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -40,11 +42,45 @@ class Options:
     temporal: float = 0.0             # causal smoothing of the low-res maps, strength in [0, 1) (0 = off, bit-exact)
     bypass: bool = False              # pass clear frames (dark-channel haze score, hysteresis) through unchanged
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse a wrong type or an out-of-range value (BAD_ARGUMENT) instead of coercing it.
+
+        The C API builds its ``Options`` through here too, so both APIs give
+        the same message for the same value. Thread counts are bounded by
+        :func:`max_threads`: ONNX Runtime tries to start any number it is
+        given (100000 threads hang ``create``).
+        """
+        for name in ("provider", "graph_optimization"):
+            _check_str(name, getattr(self, name))
+        for name in ("optimized_model_path", "trt_cache_dir"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise RuntimeError_(Status.BAD_ARGUMENT, f"option {name} must be a path (str) or None, "
+                                                         f"got {type(value).__name__} {value!r}")
+        top = max_threads()
+        for name in ("threads", "inter_op_threads"):
+            _check_int(name, getattr(self, name), 0, top,
+                       f"0 = onnxruntime's default, at most 4 x the {os.cpu_count() or 1} cores here")
+        _check_int("depth_every", self.depth_every, 1, None, "")
+        _check_int("device_id", self.device_id, 0, None, "")
+        for name in ("spin", "bypass"):
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise RuntimeError_(Status.BAD_ARGUMENT, f"option {name} must be True or False (C: 0 or 1), got "
+                                                         f"{type(value).__name__} {value!r}")
+        t = self.temporal
+        if isinstance(t, (bool, np.bool_)) or not isinstance(t, numbers.Real) or not 0.0 <= t < 1.0:
+            raise RuntimeError_(Status.BAD_ARGUMENT, f"temporal must be a strength in [0, 1), got {t!r}")
+
     @classmethod
     def coerce(cls, options: "Options | dict | None") -> "Options":
         if options is None:
             return cls()
         if isinstance(options, cls):
+            options.validate()  # fields may have been assigned after construction
             return options
         if isinstance(options, dict):
             known = {f.name for f in fields(cls)}
@@ -53,6 +89,32 @@ class Options:
                 raise RuntimeError_(Status.BAD_ARGUMENT, f"unknown option(s) {unknown}; known: {sorted(known)}")
             return cls(**options)
         raise RuntimeError_(Status.BAD_ARGUMENT, f"options must be Options, dict or None, got {type(options).__name__}")
+
+
+def max_threads() -> int:
+    """The most ``threads`` / ``inter_op_threads`` accepted: 4 x ``os.cpu_count()``.
+
+    Above the core count threads only contend; the bound is there so a
+    typo (``threads=100000``) is refused at once instead of hanging.
+    """
+    return 4 * (os.cpu_count() or 1)
+
+
+def _check_str(name: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise RuntimeError_(Status.BAD_ARGUMENT, f"option {name} must be a string, got {type(value).__name__} "
+                                                 f"{value!r}")
+
+
+def _check_int(name: str, value: Any, lo: int, hi: "int | None", note: str) -> None:
+    """An integer in [lo, hi]: bools, floats and strings are refused, never converted."""
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+    if ok and lo <= value and (hi is None or value <= hi):
+        return
+    bound = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+    what = f"{type(value).__name__} {value!r}" if not ok else repr(value)
+    raise RuntimeError_(Status.BAD_ARGUMENT, f"option {name} must be an integer {bound}"
+                                             f"{f' ({note})' if note else ''}, got {what}")
 
 
 class Dehazer:
@@ -64,10 +126,8 @@ class Dehazer:
     """
 
     def __init__(self, artifact_path: str | Path, options: Options | dict | None = None) -> None:
-        self.options = Options.coerce(options)
-        n = self.options.depth_every
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise RuntimeError_(Status.BAD_ARGUMENT, f"depth_every must be an integer >= 1, got {n!r}")
+        self.options = Options.coerce(options)  # validated: types and bounds
+        n = int(self.options.depth_every)
         # from a folder or sidecar, "auto" takes an engine built here by runtime/build_engine.py when one
         # matches this TensorRT and GPU; depth refresh and video smoothing need the ONNX graphs
         prefer_engine = self.options.provider == "auto" and n == 1 and not self.options.temporal

@@ -12,8 +12,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .engines import capability_text, cuda_device, describe_engines, select_engine, sidecar_for_engine
+from .engines import PRECISIONS, capability_text, cuda_device, describe_engines, select_engine, sidecar_for_engine
 from .errors import RuntimeError_, Status
+from .onnx_meta import decode_props, read_onnx_facts
 
 FORMAT = "edgehaze-artifact"
 SUPPORTED_VERSION = 1
@@ -203,6 +204,102 @@ def validate_meta(meta: dict, source: Path) -> None:
         if spec.get("channel_order") not in CHANNEL_ORDERS:
             raise RuntimeError_(Status.BAD_ARTIFACT,
                                 f"{source}: {role}.channel_order {spec.get('channel_order')!r} is not RGB or BGR")
+    precision = meta.get("precision")
+    if precision is not None and precision not in PRECISIONS:  # on TensorRT it chooses the build flags
+        raise RuntimeError_(Status.BAD_ARTIFACT, f"{source}: precision {precision!r} is not one of {PRECISIONS}")
+    _check_shape_ranges(meta.get("shape_ranges"), source)
+
+
+def _check_shape_ranges(ranges, source: Path) -> None:
+    """``shape_ranges``: min/opt/max, each [1, H, W, 3] of positive integers, min <= opt <= max."""
+    if ranges is None:
+        return
+    if not isinstance(ranges, dict):
+        raise RuntimeError_(Status.BAD_ARTIFACT, f"{source}: shape_ranges must be an object with min/opt/max, "
+                                                 f"got {ranges!r}")
+    shapes = {}
+    for key in ("min", "opt", "max"):
+        v = ranges.get(key)
+        ok = (isinstance(v, list) and len(v) == 4 and all(isinstance(d, int) and not isinstance(d, bool) for d in v)
+              and v[0] == 1 and v[3] == 3 and v[1] > 0 and v[2] > 0)
+        if not ok:
+            raise RuntimeError_(Status.BAD_ARTIFACT, f"{source}: shape_ranges.{key} is {v!r}; it must be "
+                                                     "[1, H, W, 3] with H, W positive integers (NHWC)")
+        shapes[key] = v
+    if not all(shapes["min"][i] <= shapes["opt"][i] <= shapes["max"][i] for i in (1, 2)):
+        raise RuntimeError_(Status.BAD_ARTIFACT, f"{source}: shape_ranges min {shapes['min']} <= opt {shapes['opt']} "
+                                                 f"<= max {shapes['max']} does not hold")
+
+
+# sidecar fields that must equal the graph's own copy in metadata_props (shape_ranges: see check_against_graph)
+_SAME = (("input", "name"), ("input", "dtype"), ("input", "layout"), ("input", "channel_order"),
+         ("output", "name"), ("output", "dtype"), ("output", "layout"), ("output", "channel_order"),
+         ("precision",), ("dynamic",), ("version",))
+
+
+def check_against_graph(artifact: "Artifact", roles: "tuple[str, ...]" = ("full",)) -> None:
+    """The sidecar against each graph's own ``metadata_props`` (what ``edgehaze export`` wrote into it),
+    and the precision against the graph's Q/DQ nodes; BAD_ARTIFACT naming both values.
+
+    Read from the files, before any session: a sidecar that says BGR for an RGB graph would give the host
+    swapped colours with OK, and on TensorRT the precision picks the build flags. ``shape_ranges.opt``
+    and ``.max`` are TensorRT profile choices a user may edit (``build_engine.py --max``); ``.min`` may not
+    go below the graph's (smaller frames break it), and a fixed-size export's ranges may not change.
+    """
+    meta = artifact.meta
+    for role in roles:
+        path = artifact.graph_path(role)
+        facts = read_onnx_facts(path) if path is not None else None
+        if facts is None:
+            continue  # unreadable: onnxruntime names the problem when it loads the file
+        own = decode_props(facts["metadata_props"])
+        if artifact.sidecar_path is not None and own.get("format") == FORMAT:
+            _compare(meta, own, artifact.sidecar_path, path)
+        if role == "full" and meta.get("precision") in PRECISIONS:
+            _check_precision(meta["precision"], facts["qdq"], artifact.sidecar_path or path, path)
+
+
+def _get(meta: dict, keys: tuple):
+    for k in keys:
+        if not isinstance(meta, dict) or k not in meta:
+            return _ABSENT
+        meta = meta[k]
+    return meta
+
+
+_ABSENT = object()
+
+
+def _compare(side: dict, own: dict, sidecar: Path, graph: Path) -> None:
+    def refuse(field: str, a, b) -> None:
+        raise RuntimeError_(Status.BAD_ARTIFACT,
+                            f"{sidecar}: {field} is {a!r} but {graph.name}'s own metadata_props say {b!r}; the "
+                            "sidecar was edited or belongs to another export: re-export, or put the graph's own "
+                            "NAME.json beside it")
+
+    for keys in _SAME:
+        a, b = _get(side, keys), _get(own, keys)
+        if a is not _ABSENT and b is not _ABSENT and a != b:
+            refuse(".".join(keys), a, b)
+    a, b = side.get("shape_ranges"), own.get("shape_ranges")
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return
+    if own.get("dynamic") is False and a != b:
+        refuse("shape_ranges (of a fixed-size export)", a, b)
+    lo, glo = a.get("min"), b.get("min")
+    if isinstance(glo, list) and len(glo) == 4 and (lo[1] < glo[1] or lo[2] < glo[2]):
+        refuse("shape_ranges.min", lo, glo)
+
+
+def _check_precision(precision: str, qdq: int, source: Path, graph: Path) -> None:
+    if precision == "int8" and not qdq:
+        raise RuntimeError_(Status.BAD_ARTIFACT,
+                            f"{source}: precision is 'int8' but {graph.name} has no Q/DQ (QuantizeLinear/"
+                            "DequantizeLinear) nodes: it is a float graph; fix the sidecar or re-export with --int8")
+    if precision != "int8" and qdq:
+        raise RuntimeError_(Status.BAD_ARTIFACT,
+                            f"{source}: precision is {precision!r} but {graph.name} is an INT8 graph ({qdq} Q/DQ "
+                            "nodes); fix the sidecar (precision 'int8') or re-export")
 
 
 def check_graph_io(inputs: list[tuple[str, str, list]], outputs: list[tuple[str, str, list]],

@@ -15,13 +15,14 @@ Three calls, matching the artifact's graphs:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .artifact import Artifact, check_graph_io, meta_from_metadata_props, validate_meta
+from .artifact import Artifact, check_against_graph, check_graph_io, meta_from_metadata_props, validate_meta
 from .engines import check_engine, cuda_device, profile_bounds
 from .errors import RuntimeError_, Status
 
@@ -100,11 +101,11 @@ class OrtBackend:
         if graph_optimization not in OPT_LEVELS:
             raise RuntimeError_(Status.BAD_ARGUMENT,
                                 f"graph_optimization {graph_optimization!r} must be one of {OPT_LEVELS}")
-        if int(threads) < 0:
-            raise RuntimeError_(Status.BAD_ARGUMENT, f"threads must be >= 0 (0 = onnxruntime default), got {threads}")
-        self._threads, self._inter, self._spin = int(threads), int(inter_op_threads), bool(spin)
+        self._threads, self._inter, self._spin = int(threads), int(inter_op_threads), bool(spin)  # Options checked them
         self._opt_level = graph_optimization
         self._optimized_path = Path(optimized_model_path) if optimized_model_path else None
+        if self._optimized_path is not None:
+            check_writable(self._optimized_path, "optimized_model_path")
         self._trt_cache_dir = Path(trt_cache_dir) if trt_cache_dir else artifact.folder / "trt_cache"
         self.artifact = artifact
         self._run_options = ort.RunOptions()
@@ -124,6 +125,7 @@ class OrtBackend:
             artifact.meta = meta_from_metadata_props(first.get_modelmeta().custom_metadata_map,
                                                      artifact.model_path)
         validate_meta(artifact.meta, artifact.sidecar_path or artifact.model_path)
+        check_against_graph(artifact, ("full", "depth", "fuse") if two_graph else ("full",))
         if two_graph and not artifact.has_two_graph:
             raise RuntimeError_(Status.BAD_ARGUMENT,
                                 f"{artifact.model_path}: depth refresh every N>1 frames needs the two-graph "
@@ -180,8 +182,11 @@ class OrtBackend:
         if self._optimized_path is not None:
             p = self._optimized_path
             so.optimized_model_filepath = str(p if role == "full" else p.with_name(f"{p.stem}.{role}{p.suffix}"))
+        source = str(path)
+        if not _utf8(source):  # a valid Linux path that is not UTF-8: onnxruntime takes UTF-8 strings only
+            source = path.read_bytes()  # (the graph then cannot use external data files; edgehaze's do not)
         try:
-            return ort.InferenceSession(str(path), so, providers=self._provider_chain(role))
+            return ort.InferenceSession(source, so, providers=self._provider_chain(role))
         except Exception as exc:  # onnxruntime raises its own pybind exception types
             text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if not _is_onnx(path):
@@ -443,6 +448,36 @@ def _version_tuple(text: str) -> tuple:
         digits = "".join(ch for ch in piece if ch.isdigit())
         parts.append(int(digits) if digits else 0)
     return tuple(parts)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # os.fsdecode's surrogate escapes of undecodable bytes
+        return False
+    return True
+
+
+def check_writable(path: Path, option: str) -> None:
+    """IO naming ``option`` when ``path`` cannot be written (missing or unwritable folder, a folder at the
+    path, a path onnxruntime cannot take): before onnxruntime, whose own error blames the model."""
+    path = Path(path)
+    if not _utf8(str(path)):
+        raise RuntimeError_(Status.BAD_ARGUMENT, f"{option} {path!s}: onnxruntime writes UTF-8 paths only; "
+                                                 "choose a UTF-8 path")
+    folder = path.parent
+    if path.is_dir():
+        raise RuntimeError_(Status.IO, f"{option} {path}: is a folder; give a file path (e.g. {path / 'opt.onnx'})")
+    if not folder.is_dir():
+        raise RuntimeError_(Status.IO, f"{option} {path}: folder {folder} does not exist (or is not a folder); "
+                                       "create it or choose another path")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".edgehaze-write-probe-")
+    except OSError as exc:
+        raise RuntimeError_(Status.IO, f"{option} {path}: cannot write in {folder} ({exc.strerror}); choose a "
+                                       "writable folder") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _is_onnx(path: Path) -> bool:

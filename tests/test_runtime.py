@@ -233,7 +233,7 @@ def test_bad_artifacts_name_the_file(tmp_path, art):
 def test_frames_above_the_tensorrt_profile_run_on_onnxruntime(art, tmp_path):
     """shape_ranges.max bounds TensorRT profiles; ONNX Runtime runs a dynamic graph beyond it (portrait, 4K)."""
     side = json.loads(Path(str(art).replace(".onnx", ".json")).read_text())
-    side["shape_ranges"]["max"] = [1, 40, 40, 3]
+    side["shape_ranges"]["opt"] = side["shape_ranges"]["max"] = [1, 40, 40, 3]  # a profile is min <= opt <= max
     for p in Path(art).parent.glob(Path(art).stem + "*.onnx"):
         shutil.copy(p, tmp_path / p.name)
     (tmp_path / (Path(art).stem + ".json")).write_text(json.dumps(side))

@@ -8,14 +8,18 @@ Caller buffers are wrapped where they lie (``np.frombuffer(ffi.buffer(ptr, n))``
 ``__cuda_array_interface__`` object for device memory), never copied; the wrappers are kept per
 handle and reused while the caller passes the same pointer, size and stride, so a steady-state
 frame costs a few attribute reads before ``Dehazer.run``.
+
+Handles, their generations and the per-handle lock live in glue.c's handle table: a call reaches
+this file only for an open handle, with the bridge's ``_Handle`` (as a cffi handle) that its slot holds.
 """
-import collections
 import dataclasses
 import os
 
-import numpy as np
+try:
+    import numpy as np
+except ImportError:  # the loader (build.py) reports it: the runtime cannot import either
+    np = None
 
-_KEEP_CLOSED = 4096  # closed handle addresses remembered, so a stale copy reads EH_CLOSED, not garbage
 _ORDERS = {0: None, 1: "RGB", 2: "BGR"}  # eh_channel_order -> the sidecar's channel_order (0: whatever it is)
 _ORDER_CODES = {"RGB": 1, "BGR": 2}
 
@@ -35,13 +39,13 @@ class _DeviceImage:
 
 
 class _Handle:
-    """What an ``eh_handle *`` points at: a Dehazer, its C strings and the caller's wrapped buffers."""
+    """What a handle-table slot holds: a Dehazer, its C strings and the caller's wrapped buffers."""
 
     __slots__ = ("dehazer", "keep", "name", "views")
 
     def __init__(self, ffi, dehazer) -> None:
         self.dehazer = dehazer
-        self.keep = ffi.new_handle(self)  # its address is the eh_handle* the caller holds
+        self.keep = ffi.new_handle(self)  # the void* glue.c's slot holds (kept alive in Bridge.handles)
         self.name = ffi.new("char[]", dehazer.backend_name.encode())
         self.views: dict = {}  # "in"/"out" -> (key of the eh_image, wrapped buffer)
 
@@ -54,8 +58,9 @@ class Bridge:
         self.Status, self.Error = runtime.Status, runtime.RuntimeError_
         self.image_size = ffi.sizeof("eh_image")
         self.options_size = ffi.sizeof("eh_options")
-        self.handles: dict = {}
-        self.closed: collections.OrderedDict = collections.OrderedDict()
+        self.size_field = ffi.sizeof("size_t")  # struct_size itself: a struct_size below it covers nothing
+        self.image_fields = {n: f.offset + ffi.sizeof(f.type) for n, f in ffi.typeof("eh_image").fields}
+        self.handles: dict = {}  # address of _Handle.keep -> _Handle, open handles only
         self.strings: dict = {}  # default option strings handed to C, alive for the process
         c_fields = dict(ffi.typeof("eh_options").fields)
         self.layout = []  # (field name, C kind, end offset in eh_options)
@@ -76,15 +81,23 @@ class Bridge:
         return int(self.ffi.cast("uintptr_t", ptr))
 
     def lookup(self, ptr) -> _Handle:
-        if ptr == self.ffi.NULL:
-            raise self.fail("CLOSED", "handle is NULL (eh_close set it to NULL, or eh_create failed)")
-        key = self.address(ptr)
-        state = self.handles.get(key)
-        if state is None:
-            if key in self.closed:
-                raise self.fail("CLOSED", "handle was closed by eh_close")
-            raise self.fail("BAD_ARGUMENT", "handle did not come from eh_create")
-        return state
+        """The _Handle a table slot holds (glue.c checked the handle's generation and holds its lock)."""
+        return self.ffi.from_handle(ptr)
+
+    def check_size(self, p, field: str, size: int, full: int) -> None:
+        """The ABI rule of every struct: ``struct_size`` at least covers itself; a smaller (older) struct
+        gets defaults for the fields it does not reach; a larger (newer) one is accepted when the fields
+        this library does not know are all zero (their "as before" value), else refused."""
+        if size < self.size_field:
+            raise self.fail("BAD_ARGUMENT", f"{field} is {size}, smaller than the struct_size field itself "
+                                            f"({self.size_field} bytes); set it to sizeof (this library's is {full})")
+        if size > full:
+            tail = bytes(self.ffi.buffer(self.ffi.cast("char *", p), size)[full:])
+            if any(tail):
+                first = full + next(i for i, b in enumerate(tail) if b)
+                raise self.fail("BAD_ARGUMENT", f"{field} is {size}, this library's is {full}, and byte "
+                                                f"{first} of the newer fields is set: a field this library does not "
+                                                "have cannot be honoured; use a library as new as your header")
 
     def check_layout(self) -> None:
         if self.missing:
@@ -105,9 +118,7 @@ class Bridge:
         if p == self.ffi.NULL:
             return defaults
         size = p.struct_size
-        if size == 0 or size > self.options_size:
-            raise self.fail("BAD_ARGUMENT", f"eh_options.struct_size is {size}, this library's is "
-                                            f"{self.options_size}: call eh_options_init(&opts) first")
+        self.check_size(p, "eh_options.struct_size", size, self.options_size)
         kw = {}
         for name, kind, end in self.layout:
             if end > size:
@@ -118,23 +129,22 @@ class Bridge:
             elif kind == "double":
                 kw[name] = float(value)
             elif isinstance(getattr(defaults, name), bool):
-                if value not in (0, 1):
-                    raise self.fail("BAD_ARGUMENT", f"eh_options.{name} is a flag (0 or 1), got {value}")
-                kw[name] = bool(value)
+                kw[name] = bool(value) if value in (0, 1) else value  # Options refuses anything else, same words
             else:
                 kw[name] = int(value)
-        return self.rt.Options(**kw)
+        return self.rt.Options(**kw)  # validates types and bounds exactly as the Python API does
 
     def wrap_image(self, state: _Handle, img, what: str, writable: bool):
         """The caller's eh_image as an array (host) or a __cuda_array_interface__ object, without a copy."""
         ffi = self.ffi
         if img == ffi.NULL:
             raise self.fail("BAD_ARGUMENT", f"{what} is NULL")
-        if img.struct_size != self.image_size:
-            raise self.fail("BAD_ARGUMENT", f"{what}->struct_size is {img.struct_size}, expected "
-                                            f"sizeof(eh_image) = {self.image_size} (use EH_IMAGE_INIT)")
-        key = (self.address(img.data), self.address(img.device_data), img.width, img.height, img.row_stride,
-               img.channel_order)
+        size = img.struct_size
+        if size == self.image_size:
+            key = (self.address(img.data), self.address(img.device_data), img.width, img.height, img.row_stride,
+                   img.channel_order)
+        else:
+            key = self._image_key(img, what, size)
         cached = state.views.get(what)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -142,12 +152,27 @@ class Bridge:
         state.views[what] = (key, view)
         return view
 
+    def _image_key(self, img, what: str, size: int) -> tuple:
+        """An eh_image of another struct_size (the rule of :meth:`check_size`): fields it does not
+        reach take their zero default (row_stride 0 = packed, channel_order EH_CHANNELS_ARTIFACT)."""
+        self.check_size(img, f"{what}->struct_size", size, self.image_size)
+        ends = self.image_fields
+        short = [n for n in ("data", "device_data", "width", "height") if ends[n] > size]
+        if short:
+            raise self.fail("BAD_ARGUMENT", f"{what}->struct_size {size} ends before {short[0]}; set it to "
+                                            f"sizeof(eh_image) = {self.image_size} (EH_IMAGE_INIT does)")
+        stride = img.row_stride if ends["row_stride"] <= size else 0
+        order = img.channel_order if ends["channel_order"] <= size else 0
+        return (self.address(img.data), self.address(img.device_data), img.width, img.height, stride, order)
+
     def _new_view(self, state: _Handle, img, what: str, writable: bool, key: tuple):
         data, device, w, h, stride, order = key
         if w < 1 or h < 1:
             raise self.fail("SHAPE", f"{what} is {w}x{h} (WxH); width and height must be >= 1")
         if order not in _ORDERS:
-            raise self.fail("BAD_ARGUMENT", f"{what}->channel_order is {order}; use an EH_CHANNELS_* value")
+            order = int(self.ffi.cast("int32_t", order))  # the enum reads unsigned: -1 would print as 4294967295
+            raise self.fail("BAD_ARGUMENT", f"{what}->channel_order is {order}; use EH_CHANNELS_ARTIFACT (0), "
+                                            "EH_CHANNELS_RGB (1) or EH_CHANNELS_BGR (2)")
         want = state.dehazer.channel_order
         if _ORDERS[order] not in (None, want):
             raise self.fail("BAD_ARGUMENT", f"{what} is {_ORDERS[order]} but {state.dehazer.artifact.model_path.name}"
@@ -165,7 +190,7 @@ class Bridge:
             raise self.fail("BAD_ARGUMENT", f"{what}: set exactly one of data (host) and device_data (CUDA)")
         if device:
             return _DeviceImage(device, h, w, readonly=not writable)
-        arr = np.frombuffer(self.ffi.buffer(img.data, h * stride), np.uint8).reshape(h, w, 3)
+        arr = np.frombuffer(self.ffi.buffer(self.ffi.cast("uint8_t *", data), h * stride), np.uint8).reshape(h, w, 3)
         if not writable:
             arr.flags.writeable = False
         return arr
@@ -183,16 +208,13 @@ class Bridge:
         return 0
 
     def create(self, path, opts, out) -> int:
+        """A new _Handle in ``*out`` (glue.c files it in a table slot and hands the caller a handle)."""
         ffi = self.ffi
-        if out == ffi.NULL:
-            raise self.fail("BAD_ARGUMENT", "eh_create: out is NULL (pass &handle)")
         if path == ffi.NULL:
             raise self.fail("BAD_ARGUMENT", "eh_create: path is NULL")
         state = _Handle(ffi, self.rt.Dehazer(os.fsdecode(ffi.string(path)), self.options_from_c(opts)))
-        key = self.address(state.keep)
-        self.handles[key] = state
-        self.closed.pop(key, None)
-        out[0] = ffi.cast("eh_handle *", state.keep)
+        self.handles[self.address(state.keep)] = state
+        out[0] = state.keep
         return 0
 
     def run(self, handle, src, dst) -> int:
@@ -200,19 +222,8 @@ class Bridge:
         state.dehazer.run(self.wrap_image(state, src, "in", False), self.wrap_image(state, dst, "out", True))
         return 0
 
-    def close(self, pp) -> int:
-        if pp == self.ffi.NULL:
-            raise self.fail("BAD_ARGUMENT", "eh_close: pass &handle, not NULL")
-        if pp[0] == self.ffi.NULL:
-            return 0
-        key = self.address(pp[0])
-        state = self.handles.pop(key, None)
-        if state is None and key not in self.closed:
-            raise self.fail("BAD_ARGUMENT", "eh_close: handle did not come from eh_create")
-        self.closed[key] = None
-        while len(self.closed) > _KEEP_CLOSED:
-            self.closed.popitem(last=False)
-        pp[0] = self.ffi.NULL
+    def close(self, handle) -> int:
+        state = self.handles.pop(self.address(handle), None)
         if state is not None:
             state.views.clear()
             state.dehazer.close()

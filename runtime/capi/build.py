@@ -29,12 +29,13 @@ MODULE = "libedgehaze_runtime"  # the .so's name is also the embedded module's n
 # the extern "Python" functions bridge.py defines (static: only glue.c calls them), and its error setter
 _PYTHON_SIDE = """
 extern "Python" int eh__py_options_init(eh_options *opts);
-extern "Python" int eh__py_create(const char *path, const eh_options *opts, eh_handle **out);
-extern "Python" int eh__py_run(eh_handle *handle, const eh_image *in, eh_image *out);
-extern "Python" int eh__py_close(eh_handle **handle);
-extern "Python" int eh__py_backend_name(const eh_handle *handle, const char **name);
-extern "Python" int eh__py_channel_order(const eh_handle *handle, eh_channel_order *order);
+extern "Python" int eh__py_create(const char *path, const eh_options *opts, void **state);
+extern "Python" int eh__py_run(void *state, const eh_image *in, eh_image *out);
+extern "Python" int eh__py_close(void *state);
+extern "Python" int eh__py_backend_name(void *state, const char **name);
+extern "Python" int eh__py_channel_order(void *state, eh_channel_order *order);
 void eh__set_error(const char *message);
+void eh__startup_failed(const char *message);
 """
 
 
@@ -46,20 +47,44 @@ def api_text(header: Path = HEADER) -> str:
     return m.group(1)
 
 
+# Run once when the library starts. A failure is handed to the C side (eh__startup_failed) as one line
+# instead of raised: every call then returns EH_INTERNAL with it, and no traceback lands on the host's stderr.
+_LOADER = """
+import importlib, os, sys
+from {module} import ffi as _ffi, lib as _lib
+
+
+def _load_runtime():
+    env = os.environ.get('EDGEHAZE_RUNTIME_DIR')
+    folder = os.path.abspath(env or {runtime_dir})
+    if not os.path.isfile(os.path.join(folder, '__init__.py')):
+        where = 'EDGEHAZE_RUNTIME_DIR=' + folder if env else folder + ' (the runtime folder this library was built from)'
+        return None, (where + ' is not the edgehaze runtime folder (no __init__.py); set EDGEHAZE_RUNTIME_DIR to '
+                      'the runtime/ folder (see runtime/README.md)')
+    sys.path.insert(0, os.path.dirname(folder))
+    try:
+        return importlib.import_module(os.path.basename(folder)), None
+    except ImportError as exc:
+        missing = getattr(exc, 'name', None) or str(exc)
+        return None, ('the embedded Python (' + sys.executable + ') cannot import ' + missing + ', which the runtime '
+                      'in ' + folder + ' needs: pip install -r runtime/requirements-device.txt into that environment, '
+                      'or set EDGEHAZE_PYTHON to a python with numpy, onnxruntime and cffi')
+    except Exception as exc:
+        return None, 'the runtime in ' + folder + ' failed to import: ' + type(exc).__name__ + ': ' + str(exc)
+
+
+_runtime, _failure = _load_runtime()
+"""
+
+
 def _init_code() -> str:
     """Python run once when the library starts: find the runtime folder, import it, attach bridge.py."""
     bridge = (HERE / "bridge.py").read_text()
     return (
-        "import importlib, os, sys\n"
-        f"_dir = os.environ.get('EDGEHAZE_RUNTIME_DIR') or {json.dumps(str(RUNTIME_DIR))}\n"
-        "_dir = os.path.abspath(_dir)\n"
-        "if not os.path.isfile(os.path.join(_dir, '__init__.py')):\n"
-        "    raise ImportError(f'EDGEHAZE_RUNTIME_DIR={_dir} is not the edgehaze runtime folder (no __init__.py)')\n"
-        "sys.path.insert(0, os.path.dirname(_dir))\n"
-        "_runtime = importlib.import_module(os.path.basename(_dir))\n"
-        f"from {MODULE} import ffi as _ffi, lib as _lib\n"
+        _LOADER.format(module=MODULE, runtime_dir=json.dumps(str(RUNTIME_DIR)))
         + bridge
-        + "\ninstall(_ffi, _lib, _runtime)\n"
+        + "\nif _failure is None:\n    install(_ffi, _lib, _runtime)\n"
+        + "else:\n    _lib.eh__startup_failed(('[INTERNAL] ' + _failure).encode(errors='replace'))\n"
     )
 
 
