@@ -196,6 +196,158 @@ def test_overhead_benchmark_runs_and_reports(lib_dir, tmp_path):
         assert r["c_ms"] > 0 and r["python_ms"] > 0 and len(r["pairs_ms"]) == 1
 
 
+# -- misuse: shared handles, stale handles, struct sizes, option bounds, the embedded interpreter ------------
+
+@pytest.fixture(scope="module")
+def misuse_exe(lib_dir, tmp_path_factory) -> tuple:
+    """tests/capi_misuse.c, with AddressSanitizer where gcc has it (the program and its environment)."""
+    tmp = tmp_path_factory.mktemp("capi_misuse")
+    asan = _asan_flags(tmp)
+    return compile_c(REPO / "tests" / "capi_misuse.c", tmp / "capi_misuse", lib_dir, asan), \
+        {**os.environ, **(ASAN_ENV if asan else {})}
+
+
+def _misuse(misuse_exe, *args, timeout: int = 300) -> subprocess.CompletedProcess:
+    exe, env = misuse_exe
+    done = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
+    assert "AddressSanitizer" not in done.stderr, done.stderr
+    return done
+
+
+def identity_artifact(folder: Path) -> Path:
+    """image -> dehazed = image with the artifact contract: a session opens in about a millisecond."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    try:
+        from _artifacts import _add_metadata, sidecar_dict
+    except ImportError:
+        from tests._artifacts import _add_metadata, sidecar_dict
+    dims = [1, "height", "width", 3]
+    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["dehazed"])], "identity",
+                              [helper.make_tensor_value_info("image", TensorProto.UINT8, dims)],
+                              [helper.make_tensor_value_info("dehazed", TensorProto.UINT8, dims)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "identity.onnx"
+    onnx.save(model, str(path))
+    meta = sidecar_dict("identity", two_graph=False, channel_order="RGB", dynamic=True, size=None)
+    _add_metadata(path, meta)
+    (folder / "identity.json").write_text(json.dumps(meta))
+    return path
+
+
+@needs_gcc
+def test_one_handle_shared_by_two_threads_gives_each_call_its_own_frame(misuse_exe, tmp_path):
+    """A capture thread and a worker thread on one handle: calls are serialised, never OK with wrong bytes;
+    eh_close from another thread waits for the running call, later calls are EH_CLOSED."""
+    art = make_artifact(tmp_path / "art", two_graph=False, seed=11)
+    frames(2, seed=8).tofile(tmp_path / "frames.raw")
+    done = _misuse(misuse_exe, "threads", art, tmp_path / "frames.raw", W, H, 300)
+    assert done.returncode == 0 and "PASSED" in done.stdout, done.stdout + done.stderr
+    assert done.stdout.count("300 ok, 0 wrong, 0 closed, 0 other") == 2
+
+
+@needs_gcc
+def test_stale_handle_is_closed_after_5000_create_close_cycles(misuse_exe, tmp_path):
+    art = identity_artifact(tmp_path / "id")
+    done = _misuse(misuse_exe, "stale", art, 5001, timeout=600)
+    assert done.returncode == 0 and "PASSED" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "5001 cycles, 8 stale copies: 0 calls on a stale copy not EH_CLOSED, 0 live handles closed" in done.stdout
+    assert "ok stale copy of cycle 0: run: status 7" in done.stdout  # more than 4096 closes ago
+
+
+@needs_gcc
+def test_struct_sizes_option_bounds_and_channel_order(misuse_exe, art):
+    done = _misuse(misuse_exe, "structs", art, W, H)
+    assert done.returncode == 0 and "PASSED" in done.stdout, done.stdout + done.stderr
+
+
+def test_options_are_refused_with_the_same_message_in_python_and_c(misuse_exe, art):
+    """The C status paths of capi_misuse.c print the Python API's own messages for the same values."""
+    out = _misuse(misuse_exe, "structs", art, W, H).stdout
+    for kw in ({"threads": 100000}, {"inter_op_threads": -5}, {"threads": -1}, {"bypass": 2}):
+        with pytest.raises(runtime.RuntimeError_) as info:
+            runtime.Options(**kw)
+        assert info.value.code == Status.BAD_ARGUMENT and f'"{info.value}"' in out
+
+
+def test_python_options_refuse_wrong_types_instead_of_coercing():
+    top = runtime.api.max_threads()
+    for kw in ({"threads": "2"}, {"threads": 1.5}, {"threads": True}, {"spin": "no"}, {"spin": 1}, {"provider": None},
+               {"provider": 3}, {"threads": top + 1}, {"inter_op_threads": -5}, {"temporal": "0.5"},
+               {"depth_every": 2.0}, {"device_id": -1}, {"optimized_model_path": 5}):
+        with pytest.raises(runtime.RuntimeError_) as info:
+            runtime.Options(**kw)
+        assert info.value.code == Status.BAD_ARGUMENT and next(iter(kw)) in info.value.message, kw
+    assert runtime.Options(threads=top, inter_op_threads=0, spin=True, temporal=0.5).threads == top
+    assert runtime.Options(threads=np.int64(3)).threads == 3  # an integer is an integer, whatever its type
+    opts = runtime.Options()
+    opts.threads = "4"  # assigned after construction: still refused when used
+    with pytest.raises(runtime.RuntimeError_):
+        runtime.Options.coerce(opts)
+
+
+@needs_gcc
+def test_non_utf8_path_opens(misuse_exe, art, tmp_path):
+    """A valid Linux path that is not UTF-8 (bytes from the C host) loads; onnxruntime takes UTF-8 only."""
+    folder = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9"))
+    folder.mkdir()
+    for p in art.parent.glob(art.stem + ".*"):
+        shutil.copy(p, folder / p.name)
+    exe, env = misuse_exe
+    done = subprocess.run([exe, b"open", os.fsencode(folder / art.name)], capture_output=True, timeout=120, env=env)
+    assert done.returncode == 0 and b"status 0" in done.stdout, done.stdout + done.stderr
+
+
+@needs_gcc
+def test_edgehaze_python_pointing_nowhere_names_the_variable(misuse_exe, art):
+    exe, env = misuse_exe
+    done = subprocess.run([str(exe), "open", str(art)], capture_output=True, text=True, timeout=60,
+                          env={**env, "EDGEHAZE_PYTHON": "/nonexistent/python3"})
+    assert done.returncode == 1 and f"status {int(Status.INTERNAL)}:" in done.stdout
+    assert "EDGEHAZE_PYTHON=/nonexistent/python3 is not an executable python" in done.stdout
+    assert "onnxruntime cannot" not in done.stdout
+
+
+@needs_gcc
+def test_library_without_cffi_at_run_time_names_cffi(misuse_exe, art, tmp_path):
+    """The library imports cffi's _cffi_backend at every start: a python without it gets a status naming cffi."""
+    bare = tmp_path / "bare"  # a venv with nothing installed (same Python as the library's libpython)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=120)
+    exe, env = misuse_exe
+    done = subprocess.run([str(exe), "open", str(art)], capture_output=True, text=True, timeout=60,
+                          env={**env, "EDGEHAZE_PYTHON": str(bare / "bin" / "python")})
+    assert done.returncode == 1 and f"status {int(Status.INTERNAL)}:" in done.stdout
+    assert "has no cffi" in done.stdout and "pip install cffi" in done.stdout, done.stdout
+    assert "Traceback" not in done.stderr
+
+
+@needs_gcc
+def test_runtime_that_cannot_import_names_the_missing_module(misuse_exe, art, tmp_path):
+    """A runtime folder whose import fails on a missing module: one line naming it and the fix, no traceback."""
+    fake = tmp_path / "fake_runtime"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("import no_such_module_edgehaze\n")
+    exe, env = misuse_exe
+    done = subprocess.run([str(exe), "open", str(art)], capture_output=True, text=True, timeout=60,
+                          env={**env, "EDGEHAZE_RUNTIME_DIR": str(fake)})
+    assert done.returncode == 1 and f"status {int(Status.INTERNAL)}:" in done.stdout
+    assert "cannot import no_such_module_edgehaze" in done.stdout and "requirements-device.txt" in done.stdout
+    assert "Traceback" not in done.stderr
+
+
+def test_build_without_cffi_is_one_line(tmp_path):
+    code = ("import runpy, sys; sys.modules['cffi'] = None; sys.argv = ['build.py', '--out', sys.argv[1]]; "
+            f"runpy.run_path({str(REPO / 'runtime' / 'capi' / 'build.py')!r}, run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "lib")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "needs cffi" in done.stderr and "pip install" in done.stderr
+    assert not (tmp_path / "lib").exists()
+
+
 # -- parity: the header against the Python runtime --------------------------------------------------------
 
 def _header_api() -> str:

@@ -7,8 +7,11 @@ process), imports this ``runtime`` folder and runs bridge.py, whose ``@ffi.def_e
 turn ``RuntimeError_`` codes into ``eh_status`` numbers. The C side (glue.c) keeps the ABI version
 and the thread-local last error in C. The library records, at build time, the runtime folder and
 the interpreter that built it (whose site-packages hold numpy and onnxruntime); EDGEHAZE_RUNTIME_DIR
-and EDGEHAZE_PYTHON override them at run time. Needs cffi (the ``capi`` extra), a C compiler and the
-Python headers; only the build imports cffi, never ``import runtime``.
+and EDGEHAZE_PYTHON override them at run time. Needs cffi, a C compiler and the Python headers to
+build (on a device: ``pip install -r runtime/requirements-device.txt`` and ``apt install gcc
+python3-dev``), and cffi again at every start of the library (its ``_cffi_backend`` module, in the
+environment of the embedded interpreter). ``import runtime`` never needs cffi. A missing piece is one
+line naming it and the fix, not a traceback.
 """
 from __future__ import annotations
 
@@ -98,9 +101,29 @@ def _link_args() -> dict:
             "extra_compile_args": ["-fvisibility=hidden", "-O2"]}
 
 
+def _toolchain() -> None:
+    """One line (SystemExit) for each missing build piece: cffi, the Python headers, a C compiler."""
+    try:
+        import cffi  # noqa: F401  (the build's first cffi import)
+    except ImportError:
+        raise SystemExit(f"runtime/capi/build.py needs cffi, which {sys.executable} lacks: pip install cffi (on a "
+                         "device: pip install -r runtime/requirements-device.txt); the library needs it at run "
+                         "time too") from None
+    include = Path(sysconfig.get_paths()["include"])
+    if not (include / "Python.h").is_file():
+        ver = f"{sys.version_info[0]}.{sys.version_info[1]}"
+        raise SystemExit(f"no Python headers for {sys.executable} ({include}/Python.h is missing): sudo apt install "
+                         f"python{ver}-dev (or python3-dev), or use a Python built with its headers")
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(cc) is None:
+        raise SystemExit(f"no C compiler: {cc} (the compiler {sys.executable} was built with) is not on PATH: "
+                         "sudo apt install gcc (or set CC)")
+
+
 def build(out_dir: str | Path, *, verbose: bool = False) -> Path:
     """Compile DIR/libedgehaze_runtime.so (and copy the header to DIR/include/); return the library path."""
-    import cffi  # the build's only cffi import
+    _toolchain()
+    import cffi
 
     out_dir = Path(out_dir).resolve()
     (out_dir / "include").mkdir(parents=True, exist_ok=True)
@@ -112,7 +135,14 @@ def build(out_dir: str | Path, *, verbose: bool = False) -> Path:
     ffi.set_source(MODULE, preamble, include_dirs=[str(HEADER.parent)], py_limited_api=False, **_link_args())
     ffi.embedding_init_code(_init_code())
     with tempfile.TemporaryDirectory(prefix="eh_capi_build_") as tmp:
-        built = Path(ffi.compile(tmpdir=tmp, target=f"{MODULE}.*", verbose=verbose))
+        try:
+            built = Path(ffi.compile(tmpdir=tmp, target=f"{MODULE}.*", verbose=verbose))
+        except ImportError as exc:  # Python >= 3.12 has no distutils: cffi compiles through setuptools
+            raise SystemExit(f"compiling needs {exc.name or exc}: pip install setuptools") from None
+        except Exception as exc:  # cffi's VerificationError / setuptools' CompileError, LinkError
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise SystemExit(f"compiling libedgehaze_runtime failed ({type(exc).__name__}: {first}); rerun with "
+                             "--verbose for the compiler's output") from None
         target = out_dir / built.name
         tmp_target = out_dir / f".{built.name}.partial"
         shutil.copy2(built, tmp_target)
