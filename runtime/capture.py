@@ -123,6 +123,13 @@ class CaptureThread(threading.Thread):
         self._failures = failures
         return False
 
+    def _attempts(self) -> str:
+        """How the reopening ended, for the IO error (``--max-reopen 0`` tries none)."""
+        if self.max_reopen < 1:
+            return "and not reopened (--max-reopen 0)"
+        n = self.max_reopen
+        return f"and {n} reopen attempt{'s' if n > 1 else ''} failed (--max-reopen {n})"
+
     def _read_one(self):
         """Read (flip by ``source.cpu_flip`` and resize to ``size``) one frame into a pooled buffer."""
         buf = self._take_buffer()
@@ -170,7 +177,7 @@ class CaptureThread(threading.Thread):
                 if not self._reopen(0):
                     if not self._halt.is_set():
                         self._publish(Item(ERROR, error=RuntimeError_(
-                            Status.IO, f"{self.source.uri}: cannot open after {self.max_reopen} attempts")))
+                            Status.IO, f"{self.source.uri}: cannot open {self._attempts()}")))
                     return
             while not self._halt.is_set():
                 t0 = time.perf_counter()
@@ -198,8 +205,7 @@ class CaptureThread(threading.Thread):
                     if not self._reopen(self._failures):
                         if not self._halt.is_set():
                             self._publish(Item(ERROR, error=RuntimeError_(
-                                Status.IO, f"{self.source.uri}: source lost and {self.max_reopen} reopen "
-                                           "attempts failed")))
+                                Status.IO, f"{self.source.uri}: source lost, {self._attempts()}")))
                         return
         except RuntimeError_ as exc:
             self._publish(Item(ERROR, error=exc))

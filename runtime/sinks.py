@@ -9,7 +9,11 @@
 
 Files appear atomically: a video is written to ``.NAME.partial.EXT`` and
 renamed on ``close()`` (also on Ctrl-C / SIGTERM), images to a temp name
-and renamed one by one. A frame whose size differs from the video's first
+and renamed one by one. Every output failure (a folder that cannot be
+created, a path under a file, a folder where a file should be, a write or
+rename that fails, a full disk) is ``RuntimeError_(IO)`` naming the path,
+with the temporary file removed; :func:`check_output` finds what it can
+before a stream starts (the stream tool calls it before loading the model). A frame whose size differs from the video's first
 frame is resized to the writer's size (one file per stream; counted in
 ``resized``), since a video container cannot change resolution midway.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +109,7 @@ class VideoFileSink(Sink):
 
     def _open(self, w: int, h: int) -> None:
         cv2 = _cv2()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _mkdir(self.path.parent, self.uri)
         writer, what = self._make_writer(cv2, w, h)
         if not writer.isOpened():
             hint = ("; pip's OpenCV has no H.264/H.265 encoder: use JetPack's OpenCV (GStreamer) or mjpeg/mpeg4"
@@ -130,7 +135,14 @@ class VideoFileSink(Sink):
             return
         self._writer.release()
         self._writer = None
-        os.replace(self._tmp, self.path)
+        try:
+            if self.frames and not self._tmp.stat().st_size:
+                raise RuntimeError_(Status.IO, f"{self.path}: OpenCV wrote an empty video (disk full?)")
+            os.replace(self._tmp, self.path)
+        except OSError as exc:
+            raise RuntimeError_(Status.IO, f"{self.path}: cannot finish the video ({exc.strerror or exc})") from None
+        finally:
+            _remove(self._tmp)
 
 
 class NetworkSink(VideoFileSink):
@@ -173,7 +185,14 @@ class NetworkSink(VideoFileSink):
 
 class ImageFolderSink(Sink):
     def __init__(self, pattern: str | Path) -> None:
-        pattern = str(pattern)
+        pattern = self.pattern_of(pattern)
+        self.pattern, self.uri = pattern, pattern
+        _mkdir(Path(pattern % 0).parent, pattern)
+
+    @staticmethod
+    def pattern_of(target: str | Path) -> str:
+        """``out/`` -> ``out/%06d.png``, ``x.png`` -> ``x_%06d.png``; a pattern must take one integer."""
+        pattern = str(target)
         if "%" not in pattern:
             p = Path(pattern)
             pattern = (str(p.with_name(p.stem + "_%06d" + p.suffix)) if p.suffix.lower() in IMAGE_EXTS
@@ -185,16 +204,29 @@ class ImageFolderSink(Sink):
                                 f"{pattern}: image output pattern needs exactly one integer field like %06d") from None
         if Path(pattern % 0).suffix.lower() not in IMAGE_EXTS:
             raise RuntimeError_(Status.BAD_ARGUMENT, f"{pattern}: image extension must be one of {IMAGE_EXTS}")
-        self.pattern, self.uri = pattern, pattern
-        Path(pattern % 0).parent.mkdir(parents=True, exist_ok=True)
+        return pattern
 
     def write(self, frame_bgr):
         cv2 = _cv2()
         path = Path(self.pattern % self.frames)
         tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-        if not cv2.imwrite(str(tmp), frame_bgr):
-            raise RuntimeError_(Status.IO, f"{path}: cannot write image")
-        os.replace(tmp, path)
+        try:
+            if path.is_dir():
+                raise RuntimeError_(Status.IO, f"{path}: is a folder, where the output pattern {self.pattern} puts "
+                                               "an image; move it or choose another --output")
+            _mkdir(path.parent, self.pattern)  # a pattern may put frames in several folders
+            try:
+                ok = cv2.imwrite(str(tmp), frame_bgr)
+            except cv2.error as exc:
+                raise RuntimeError_(Status.IO, f"{path}: cannot write image ({str(exc).strip().splitlines()[-1]})") \
+                    from None
+            if not ok:
+                raise RuntimeError_(Status.IO, f"{path}: cannot write image (disk full, or no write permission?)")
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise RuntimeError_(Status.IO, f"{path}: cannot write image ({exc.strerror or exc})") from None
+        finally:
+            _remove(tmp)
         self.frames += 1
         return True
 
@@ -236,21 +268,62 @@ def opencv_has_gui() -> bool:
     return any(opencv_has(name) for name in ("GTK+", "GTK+ 2.x", "QT", "Win32 UI", "Cocoa"))
 
 
-def open_sink(uri: str, *, fps: float = 30.0, headless: bool = False, codec: str | None = None,
-              log=None, bitrate_kbps: int = 4000) -> Sink:
-    """Build the sink for an output URI (nothing is created on disk before the first frame)."""
-    uri = str(uri).strip()
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass  # absent (the usual case) or beyond help; never hide the error being reported
+
+
+def _mkdir(folder: Path, uri: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RuntimeError_(Status.IO, f"{uri}: cannot create the folder {folder} ({exc.strerror or exc})") from None
+
+
+def check_writable_folder(folder: Path, uri: str) -> None:
+    """IO unless files can be created in ``folder`` (or, when it does not exist yet, in the nearest folder
+    above it, where it would be created). A probe folder is made and removed: permission bits say nothing
+    to root, and /proc or a read-only mount refuse only when asked. Nothing else is created."""
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RuntimeError_(Status.IO, f"{uri}: {existing} is not a folder, so nothing can be written under it")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".edgehaze-probe-"))
+    except OSError as exc:
+        raise RuntimeError_(Status.IO, f"{uri}: cannot create files in {existing} ({exc.strerror or exc})") from None
+
+
+def check_output(uri: str, *, codec: str | None = None, headless: bool = False) -> None:
+    """What :func:`open_sink` and the first frame would find wrong with a file output, found now (before a
+    model loads): a folder that cannot be created or written, a path under a file, a folder where the
+    video or the first image goes. Other outputs are checked when opened."""
+    kind, target = _classify(str(uri).strip(), codec)
+    if kind == "video":
+        path = Path(target)
+        if path.is_dir():
+            raise RuntimeError_(Status.IO, f"{target}: is a folder; give a video file name (e.g. {path / 'out.mp4'})")
+        check_writable_folder(path.parent, target)
+    elif kind == "images":
+        first = Path(ImageFolderSink.pattern_of(target) % 0)
+        if first.is_dir():
+            raise RuntimeError_(Status.IO, f"{first}: is a folder, where the first image goes; move it or choose "
+                                           "another --output")
+        check_writable_folder(first.parent, target)
+
+
+def _classify(uri: str, codec: str | None) -> tuple[str, str]:
+    """("null" | "display" | "network" | "video" | "images", target) for an output URI."""
     if uri.lower() in ("null", "null://", "none", ""):
-        return NullSink()
+        return "null", uri
     if re.fullmatch(r"display://\d*", uri):
-        if headless:
-            if log:
-                log(f"--headless: {uri} replaced by null output")
-            return NullSink()
-        return DisplaySink(uri)
+        return "display", uri
     scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
     if scheme in ("rtsp", "rtsps", "rtp"):
-        return NetworkSink(uri, fps, codec, bitrate_kbps, log)
+        return "network", uri
     if scheme == "file":
         uri = uri[len("file://"):]
     elif scheme:
@@ -259,9 +332,29 @@ def open_sink(uri: str, *, fps: float = 30.0, headless: bool = False, codec: str
                             "use display://0, rtsp://, rtp://, a video file, an image folder or null")
     ext = "" if uri.endswith(("/", os.sep)) else Path(uri).suffix.lower()
     if ext in VIDEO_FOURCC or ext in MUXERS or (codec and ext and ext not in IMAGE_EXTS):
-        return VideoFileSink(uri, fps, codec, bitrate_kbps, log)
+        return "video", uri
     if ext in IMAGE_EXTS or ext == "" or "%" in uri:
-        return ImageFolderSink(uri)
+        return "images", uri
     raise RuntimeError_(Status.BAD_ARGUMENT,
                         f"{uri}: unknown output extension {ext!r}; use a video ({', '.join(sorted(VIDEO_FOURCC))}, "
                         "or --output-codec), an image folder/pattern, display://0 or null")
+
+
+def open_sink(uri: str, *, fps: float = 30.0, headless: bool = False, codec: str | None = None,
+              log=None, bitrate_kbps: int = 4000) -> Sink:
+    """Build the sink for an output URI (nothing is created on disk before the first frame, except an
+    image output's folder)."""
+    kind, target = _classify(str(uri).strip(), codec)
+    if kind == "null":
+        return NullSink()
+    if kind == "display":
+        if headless:
+            if log:
+                log(f"--headless: {target} replaced by null output")
+            return NullSink()
+        return DisplaySink(target)
+    if kind == "network":
+        return NetworkSink(target, fps, codec, bitrate_kbps, log)
+    if kind == "video":
+        return VideoFileSink(target, fps, codec, bitrate_kbps, log)
+    return ImageFolderSink(target)

@@ -41,7 +41,7 @@ from .api import Dehazer, Options  # noqa: E402
 from .capture import EOF, ERROR, CaptureThread  # noqa: E402
 from .errors import RuntimeError_, Status, mask_text  # noqa: E402
 from .gst import FLIP_METHODS, INPUT_CODECS, OUTPUT_CODECS  # noqa: E402
-from .sinks import Sink, open_sink  # noqa: E402
+from .sinks import Sink, check_output, check_writable_folder, open_sink  # noqa: E402
 from .sources import Source, _cv2, open_source  # noqa: E402
 from .temporal import DEFAULT_STRENGTH  # noqa: E402
 
@@ -101,13 +101,19 @@ class StreamStats:
 
 
 def write_json_atomic(path: str | Path, data: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o644)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
-    os.replace(tmp, path)
+    """Write ``data`` to a temp file beside ``path`` and rename it; IO (temp file removed) when that fails."""
+    path, tmp = Path(path), None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.chmod(tmp, 0o644)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise RuntimeError_(Status.IO, f"{path}: cannot write the stats ({exc.strerror or exc})") from None
 
 
 class Stream:
@@ -366,6 +372,18 @@ def default_smoothing(dehazer: Dehazer) -> None:
         log(f"video smoothing off: {exc}")
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """IO now, not after the model loaded and a frame was computed, when ``--output`` or ``--stats-json``
+    cannot be written (runtime/sinks.py: check_output)."""
+    check_output(args.output or ("null" if args.headless else "display://0"), codec=args.output_codec,
+                 headless=args.headless)
+    if args.stats_json:
+        stats = Path(args.stats_json)
+        if stats.is_dir():
+            raise RuntimeError_(Status.IO, f"--stats-json {stats}: is a folder; give a file name")
+        check_writable_folder(stats.parent, f"--stats-json {stats}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -384,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
         if (args.input_width is None) != (args.input_height is None):
             raise RuntimeError_(Status.BAD_ARGUMENT, "give both --input-width and --input-height")
         size = (args.input_width, args.input_height) if args.input_width else None
+        if args.max_reopen < 0:
+            raise RuntimeError_(Status.BAD_ARGUMENT, f"--max-reopen must be >= 0, got {args.max_reopen}")
+        check_outputs(args)  # before the model loads: an output that cannot be written fails in a second
         dehazer = Dehazer(args.model, Options(provider=args.provider, threads=args.threads, spin=args.spin,
                                               graph_optimization=args.graph_opt,
                                               optimized_model_path=args.save_optimized,
@@ -429,6 +450,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except RuntimeError_ as exc:
         log(f"error {exc}")
+        return 2
+    except OSError as exc:  # an output failure the sinks did not foresee: still one line and exit 2
+        log(f"error [IO] {exc}")
         return 2
     finally:
         for sig, handler in previous.items():  # main() may run inside a host process (tests, apps)

@@ -324,3 +324,93 @@ def test_sigterm_finalises_the_video_and_stats(art, video, tmp_path):
     assert len(decode(out)) == s["frames"] == s["output_frames"]
     assert not list(tmp_path.glob(".*partial*"))
     assert "finishing" in rest
+
+
+# -- output failures: one "[stream] error [IO] ..." line, exit 2, input released, no temporary files -------
+
+def _one_error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.startswith("[stream] error")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", ["proc", "dev_full", "under_a_file", "frame_name_is_a_folder", "stats_under_a_file",
+                                  "video_name_is_a_folder"])
+def test_unwritable_output_is_one_io_line_before_the_model_loads(tmp_path, capsys, case):
+    """Checked before the model loads: the --model given does not even exist, and the IO error comes first."""
+    src = tmp_path / "src"
+    src.mkdir()
+    cv2.imwrite(str(src / "0.png"), moving_frames(1)[0])
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "seq" / "000000.png").mkdir(parents=True)
+    (tmp_path / "clip.mp4").mkdir()
+    output, extra = {"proc": ("/proc/nope/out.mp4", []), "dev_full": ("/dev/full", []),
+                     "under_a_file": (str(tmp_path / "afile" / "out.mp4"), []),
+                     "frame_name_is_a_folder": (str(tmp_path / "seq" / "%06d.png"), []),
+                     "stats_under_a_file": ("null", ["--stats-json", str(tmp_path / "afile" / "s.json")]),
+                     "video_name_is_a_folder": (str(tmp_path / "clip.mp4"), [])}[case]
+    code = main(["--model", str(tmp_path / "no_model.onnx"), "--input", str(src), "--output", output, *extra])
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 2 and line.startswith("[stream] error [IO] "), line
+    assert "no_model" not in line  # the output was checked first
+    assert not list(tmp_path.rglob("*.tmp*")) and not list(tmp_path.rglob(".*partial*"))
+
+
+class _CountingFolder(Source):
+    """A file source that records whether the stream released it."""
+
+    uri = "fake://frames"
+
+    def __init__(self, frames) -> None:
+        self.frames, self.i, self.closed = frames, 0, 0
+
+    def open(self):
+        self.i = 0
+
+    def read(self, buf):
+        if self.i >= len(self.frames):
+            return Read.EOF, None
+        self.i += 1
+        return Read.OK, self.frames[self.i - 1].copy()
+
+    def close(self):
+        self.closed += 1
+
+
+def test_output_failing_mid_stream_releases_input_and_leaves_no_temp_files(art, tmp_path):
+    """Frame 2's name is a folder: the first frames are written, then IO naming it; the source is closed."""
+    (tmp_path / "out" / "000002.png").mkdir(parents=True)
+    src = _CountingFolder(moving_frames(6))
+    with runtime.Dehazer(art) as d:
+        stream = Stream(d, src, open_sink(str(tmp_path / "out" / "%06d.png")), stats_interval=0)
+        with pytest.raises(RuntimeError_) as info:
+            stream.run()
+    assert info.value.code == Status.IO and "000002.png" in info.value.message
+    assert src.closed >= 1 and stream.stats.stopped_by == "error"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["000000.png", "000001.png", "000002.png"]
+    assert not list(tmp_path.rglob(".*tmp*"))
+
+
+def test_output_failing_mid_stream_through_main_is_one_line_exit_2(art, tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, f in enumerate(moving_frames(4)):
+        cv2.imwrite(str(src / f"{i}.png"), f)
+    (tmp_path / "out" / "000001.png").mkdir(parents=True)
+    code = main(["--model", str(art), "--input", str(src), "--output", str(tmp_path / "out" / "%06d.png"),
+                 "--temporal", "0"])
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 2 and line.startswith("[stream] error [IO] ") and "000001.png" in line
+    assert (tmp_path / "out" / "000000.png").is_file() and not list(tmp_path.rglob(".*tmp*"))
+
+
+def test_max_reopen_zero_says_no_reopen(art):
+    cam = FlakyCamera(moving_frames(10), fail_every=3)
+    with runtime.Dehazer(art) as d:
+        stream = Stream(d, cam, Recorder(), stats_interval=0,
+                        capture_options=dict(backoff_s=0.001, max_reopen=0, drop_stale=False))
+        with pytest.raises(RuntimeError_) as info:
+            stream.run()
+    assert info.value.code == Status.IO and "not reopened (--max-reopen 0)" in info.value.message
+    assert "0 attempts" not in info.value.message
+    assert main(["--model", "m.onnx", "--input", "x", "--max-reopen", "-1", "--output", "null"]) == 2
