@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -351,3 +352,78 @@ def test_runtime_sources_import_neither_torch_nor_edgehaze():
         text = path.read_text()
         for banned in ("import torch", "from torch", "import edgehaze", "from edgehaze"):
             assert banned not in text, f"{path.name} contains {banned!r}"
+
+
+# -- a sidecar that contradicts its graph, bad option values, unwritable paths (issue 31) ----------------
+
+def _lying_copy(art: Path, folder: Path, edit) -> Path:
+    """The artifact's graphs with a sidecar edited by ``edit`` (the graphs' own metadata_props unchanged)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in Path(art).parent.glob(Path(art).stem + "*.onnx"):
+        shutil.copy(p, folder / p.name)
+    meta = json.loads(Path(art).with_suffix(".json").read_text())
+    edit(meta)
+    (folder / Path(art).with_suffix(".json").name).write_text(json.dumps(meta))
+    return folder / Path(art).name
+
+
+@pytest.mark.parametrize("field, edit, both", [
+    ("channel_order", lambda m: (m["input"].update(channel_order="BGR"), m["output"].update(channel_order="BGR")),
+     ("'BGR'", "'RGB'")),
+    ("precision fp16", lambda m: m.update(precision="fp16"), ("'fp16'", "'fp32'")),
+    ("precision int8", lambda m: m.update(precision="int8"), ("'int8'", "'fp32'")),
+    ("precision int3", lambda m: m.update(precision="int3"), ("'int3'", "fp32")),
+    ("shape_ranges string", lambda m: m["shape_ranges"].update(min="32x32"), ("'32x32'", "[1, H, W, 3]")),
+    ("shape_ranges.min below the graph's", lambda m: m["shape_ranges"].update(min=[1, 4, 4, 3]),
+     ("[1, 4, 4, 3]", "[1, 8, 8, 3]")),
+    ("dynamic", lambda m: m.update(dynamic=False), ("False", "True")),
+    ("output dtype", lambda m: m["output"].update(dtype="float32"), ("float32", "uint8")),
+])
+def test_sidecar_contradicting_the_graph_is_bad_artifact_naming_both(art, tmp_path, field, edit, both):
+    lying = _lying_copy(art, tmp_path / "lie", edit)
+    for opts in ({}, {"depth_every": 2}):  # the two-graph mode checks the depth and fuse graphs too
+        err = code_of(lambda: runtime.create(lying, opts))
+        assert err.code == Status.BAD_ARTIFACT, (field, err)
+        assert all(v in err.message for v in both), (field, err.message)
+
+
+def test_precision_is_checked_against_the_graphs_qdq_nodes(tmp_path):
+    """The graph's own metadata lying too: an int8 claim on a float graph is still refused (no Q/DQ nodes)."""
+    p = make_artifact(tmp_path / "a", two_graph=False)
+    import onnx
+
+    model = onnx.load(str(p))
+    for prop in model.metadata_props:
+        if prop.key == "precision":
+            prop.value = json.dumps("int8")
+    onnx.save(model, str(p))
+    meta = json.loads(p.with_suffix(".json").read_text())
+    meta["precision"] = "int8"
+    p.with_suffix(".json").write_text(json.dumps(meta))
+    err = code_of(lambda: runtime.create(p))
+    assert err.code == Status.BAD_ARTIFACT and "Q/DQ" in err.message and "int8" in err.message
+
+
+def test_python_options_bounds_types_and_provider(art):
+    for kw in ({"provider": None}, {"threads": "2"}, {"threads": 1.5}, {"spin": "no"}, {"threads": 100000},
+               {"inter_op_threads": -5}):
+        err = code_of(lambda: runtime.create(art, kw))
+        assert err.code == Status.BAD_ARGUMENT and next(iter(kw)) in err.message, kw
+
+
+def test_unwritable_optimized_model_path_is_io_naming_the_option(art, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for target in ("/proc/nope/opt.onnx", str(tmp_path / "afile" / "opt.onnx"), str(tmp_path)):
+        err = code_of(lambda: runtime.create(art, {"optimized_model_path": target}))
+        assert err.code == Status.IO and "optimized_model_path" in err.message and "onnxruntime cannot" not in \
+            err.message, err
+
+
+def test_non_utf8_path_runs(art, tmp_path):
+    folder = Path(os.fsdecode(bytes(tmp_path) + b"/na\xefve"))
+    folder.mkdir()
+    for p in Path(art).parent.glob(Path(art).stem + ".*"):
+        shutil.copy(p, folder / p.name)
+    x = frame()
+    with runtime.Dehazer(folder / Path(art).name, {"depth_every": 2}) as d:
+        np.testing.assert_array_equal(d.run(x), reference(art, x))
