@@ -30,6 +30,8 @@ def main(argv=None) -> int:  # type: ignore[no-untyped-def]
     p.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
                    help="a model to score (.safetensors checkpoint or exported .onnx); repeatable")
     p.add_argument("--sets", nargs="*", default=None, help="set name prefixes (default: all found)")
+    p.add_argument("--split", choices=["test", "val"], default="test",
+                   help="test sets (report; never choose on them) or their validation counterparts (choose here)")
     p.add_argument("--max-side", type=int, default=1024, help="shrink real photos to this longer side")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("runs/quality"))
@@ -56,14 +58,14 @@ def main(argv=None) -> int:  # type: ignore[no-untyped-def]
     stats = args.data / "metrics"
     results, load = {}, os.getloadavg()[0]
     t0 = time.time()
-    for evalset in benchmark_sets(args.data, args.sets):
+    for evalset in benchmark_sets(args.data, args.sets, split=args.split):
         scores, sheet = score_set(methods, evalset, stats_dir=stats if stats.is_dir() else None,
                                   max_side=args.max_side if not evalset.has_gt else 0, keep_outputs=4)
         results[evalset.name] = scores
         write_image(args.out / f"sheet-{evalset.name}.png", contact_sheet(sheet))
         print("\n".join(markdown_table({evalset.name: scores}).splitlines()[2:]))  # this set's rows
     table = markdown_table(results)
-    header = (f"# Quality on real data\n\nMethods: {', '.join(methods)}; data {args.data}; "
+    header = (f"# Quality on real data ({args.split} sets)\n\nMethods: {', '.join(methods)}; data {args.data}; "
               f"load {load:.2f} -> {os.getloadavg()[0]:.2f}; {time.time() - t0:.0f} s. Halo: grey levels of "
               "local error within 6 px of strong edges (edgehaze.metrics.halo), lower is better.\n\n")
     args.out.mkdir(parents=True, exist_ok=True)

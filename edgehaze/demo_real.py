@@ -41,8 +41,10 @@ import numpy as np
 from edgehaze import demo as D
 from edgehaze.errors import ConfigError, EdgehazeError
 
-#: training sources a data folder may hold, with their rgbd layout
-SOURCES = {"sots_indoor_train": "pairs", "frida2": "frida2"}
+#: training sources a data folder may hold, with their rgbd layout: indoor rooms (depth from their
+#: transmission), synthetic roads (metric depth), real streets (stereo depth) and clear outdoor photos
+#: (the geometric depth prior, edgehaze.data.outdoor)
+SOURCES = {"sots_indoor_train": "pairs", "frida2": "frida2", "cityscapes4": "cityscapes", "clear_outdoor": "photos"}
 #: stage 1 of the recipe (``REAL_FULL``), the steps of ``configs/real_edge-s.yaml``
 RECIPE_RGB_STEPS = 9000
 #: the real fog drive (frame_<k>_hazy.jpg, k = 0, 1, ...)
@@ -57,7 +59,9 @@ class RealSizes:
     # scenes get three times the road scenes' renderings: at equal counts they are under a
     # third of the pairs, and at 6000 steps 12/4 gave +0.5 dB on SOTS-indoor over 4/4 with
     # FRIDA2 unchanged (configs/README.md, "Real-data recipe").
-    variants: Dict[str, int] = field(default_factory=lambda: {"sots_indoor_train": 12, "frida2": 4})
+    variants: Dict[str, int] = field(default_factory=lambda: {"sots_indoor_train": 12, "frida2": 4,
+                                                              "cityscapes4": 24, "clear_outdoor": 1})
+    depth_proxy: str = "geometric"  # depth for photos without depth (edgehaze.data.outdoor.DEPTH_PROXIES)
     test_variants: int = 1
     airlight: Tuple[float, float] = (0.7, 1.0)
     val_scene_every: int = 7  # every K-th remaining scene validates (never a test scene)
@@ -122,7 +126,8 @@ REAL_FULL = RealSizes(teacher_steps=1500, rgb_steps=RECIPE_RGB_STEPS, fused_step
                       distill_steps=1000, stability=1.0)
 
 REAL_QUICK = RealSizes(
-    variants={"sots_indoor_train": 1, "frida2": 1}, test_variants=1, val_scene_every=2,
+    variants={"sots_indoor_train": 1, "frida2": 1, "cityscapes4": 1, "clear_outdoor": 1}, test_variants=1,
+    val_scene_every=2,
     teacher_steps=4, teacher_batch=4, teacher_input=28,
     backbone="edge-xs", crop=48, batch=4, rgb_steps=4, fused_steps=4, val_every=4, val_limit=2,
     distill_steps=4, distill_crop=48,
@@ -237,7 +242,7 @@ def _stage_data(demo: RealDemo) -> Dict[str, Any]:
     s = demo.sizes
     sources = []
     for name, root in demo.sources.items():
-        src = load_source(root, layout=SOURCES[name])
+        src = load_source(root, layout=SOURCES[name], depth_proxy=s.depth_proxy)
         print(f"{root}: {len(src.scenes)} scenes ({src.layout}; test every {src.test_every or 'none'})")
         sources.append(src)
     if demo.data.exists():
@@ -249,19 +254,44 @@ def _stage_data(demo: RealDemo) -> Dict[str, Any]:
                                val_every=s.val_scene_every, keep_pairs=True, test_variants=s.test_variants,
                                progress=demo.progress)
     splits = {src.root.name: scene_split([sc.name for sc in src.scenes], test_every=src.test_every,
-                                         val_every=s.val_scene_every) for src in sources}
+                                         val_every=src.val_every or s.val_scene_every) for src in sources}
+    shares = training_shares(demo.data / "train")
     for part in ("train", "val"):
         if not counts[part]:
             raise ConfigError(f"--data {demo.data_dir}: no {part} scene after the split (every "
                               f"{s.val_scene_every}-th remaining scene validates); add scenes or change "
                               "val_scene_every in the preset")
     info = {"counts": counts, "root": str(demo.data), "data_dir": str(demo.data_dir), "splits": splits,
+            "train_shares": shares,
             "sources": {src.root.name: {"layout": src.layout, "scenes": len(src.scenes),
                                         "test_every": src.test_every} for src in sources},
             "variants": dict(zip(names, variants)), "recipe": asdict(recipe)}
     atomic_write_bytes(demo.data / "done.json", json.dumps(info, indent=2).encode())
     print(f"wrote {counts['train']} train, {counts['val']} val, {counts['test']} test pairs to {demo.data}")
     return info
+
+
+def training_shares(train_dir: Path) -> Dict[str, Dict[str, Any]]:
+    """Each source's training pairs (count, share, clear frames among them), read from the pairs' meta files."""
+    per: Dict[str, Dict[str, Any]] = {}
+    for meta in sorted((train_dir / "meta").glob("*.json")):
+        m = json.loads(meta.read_text())
+        src = _source_of(str(m.get("scene", "")))
+        row = per.setdefault(src, {"pairs": 0, "clear_frames": 0})
+        row["pairs"] += 1
+        row["clear_frames"] += int(bool(m.get("clear_frame")))
+    total = sum(r["pairs"] for r in per.values()) or 1
+    for r in per.values():
+        r["share"] = round(r["pairs"] / total, 4)
+    return per
+
+
+def _source_of(scene: str) -> str:
+    """The training source a scene name comes from (the loaders' prefixes)."""
+    for prefix, name in (("frida2-", "frida2"), ("cityscapes-", "cityscapes4")):
+        if scene.startswith(prefix):
+            return name
+    return "sots_indoor_train" if scene.isdigit() else "clear_outdoor"
 
 
 def _stage_teacher(demo: RealDemo) -> Dict[str, Any]:
@@ -490,22 +520,31 @@ def _ordinal(k: int) -> str:
 def _protocol_lines(r: Dict[str, Any]) -> List[str]:
     data = r.get("data") or {}
     counts = data.get("counts") or {}
-    held = [n for sp in (data.get("splits") or {}).values() for n in sp.get("test") or []]
     srcs = ", ".join(f"`{n}/` {v['scenes']} scenes ({v['layout']})" for n, v in (data.get("sources") or {}).items())
     sets = ", ".join(f"`{k}`" for k in r.get("quality") or {}) or "none"
     variants = data.get("variants")
     times = (", ".join(f"`{n}/` {k}" for n, k in variants.items()) if isinstance(variants, dict) else str(variants))
+    held = []
+    for name, sp in (data.get("splits") or {}).items():
+        test, val = sp.get("test") or [], sp.get("val") or []
+        if test or val:
+            show = (lambda xs: ", ".join(xs) if len(xs) <= 4 else f"{len(xs)} ({xs[0]}, ...)")
+            held.append(f"`{name}/` test {show(test) if test else 'none'}, validation {show(val) if val else 'none'}")
+    shares = data.get("train_shares") or {}
+    share_txt = "; ".join(f"`{n}/` {v['pairs']} ({100 * v['share']:.0f}%, {v['clear_frames']} clear frames)"
+                          for n, v in shares.items())
     return [
         f"Data: `{r['data_dir']}` ({srcs}); each scene re-hazed ({times}) time(s) plus the sources' "
         f"own hazy images: {counts.get('train')} train, {counts.get('val')} val, {counts.get('test')} test pairs "
-        "in `data/`.",
+        "in `data/`." + (f" Training pairs per source: {share_txt}." if share_txt else ""),
         "",
-        "**Protocol.** Splits are by scene and written down in `data/done.json`: FRIDA2's every 5th scene is test "
-        f"({', '.join(held) if held else 'none here'}), and of the remaining scenes every "
-        f"{_ordinal(r['sizes']['val_scene_every'])} is validation. The test scenes and every image of the real test "
-        f"sets ({sets}) were never trained on: not by the dehazer, the depth teacher or the INT8 calibration. "
-        "Validation only logs; no checkpoint is chosen on any split: every model is its stage's **last** one "
-        "(`last.safetensors`; the student `distill/student.safetensors`, its final step).",
+        "**Protocol.** Splits are by scene and written down in `data/done.json` ("
+        + ("; ".join(held) if held else "no held-out scene") + f"); of the other scenes every "
+        f"{_ordinal(r['sizes']['val_scene_every'])} validates unless its source has its own rule. The test scenes "
+        f"and every image of the real test sets ({sets}) were never trained on: not by the dehazer, the depth "
+        "teacher or the INT8 calibration. Validation only logs; no checkpoint is chosen on any split: every model "
+        "is its stage's **last** one (`last.safetensors`; the student `distill/student.safetensors`, its final "
+        "step). The `fohis-outdoor` pair also served as validation when the outdoor recipe was chosen.",
         "",
     ]
 
@@ -553,6 +592,11 @@ def real_markdown(r: Dict[str, Any]) -> str:
              "error within 6 px of strong edges (lower is better); FADE/NIQE on real photos without ground truth.", ""]
     lines += [r["quality_table"], ""] if r.get("quality_table") else []
     lines += [f"Note: {n}." for n in r.get("quality_notes") or []] + [""]
+    from edgehaze.quality import target_lines
+
+    targets = target_lines(r.get("quality") or {})
+    if targets:
+        lines += ["### Targets (the INT8 student)", "", *targets, ""]
     synth = r.get("synthetic_test")
     if synth is not None:
         h, w = r["eval_size"]

@@ -186,8 +186,15 @@ def test_full_recipe_is_the_config_and_needs_real_data(tmp_path):
     assert cfg["data"]["crop"] == REAL_FULL.crop and cfg["train"]["batch_size"] == REAL_FULL.batch
     assert cfg["train"]["lr"] == REAL_FULL.lr
     assert cfg["loss"]["stability"] == REAL_FULL.stability > 0 == REAL.stability
-    assert "--variants 12 4" in (Path(__file__).parents[1] / "configs" / "real_edge-s.yaml").read_text()
-    assert REAL_FULL.variants_for(["sots_indoor_train", "frida2"]) == [12, 4]
+    import re
+
+    from edgehaze.demo_real import SOURCES
+
+    text = (Path(__file__).parents[1] / "configs" / "real_edge-s.yaml").read_text()
+    rgbd = re.findall(r"--rgbd \$D/(\w+)", text)
+    assert rgbd == list(SOURCES), "the config's synth command lists the demo's sources in its order"
+    counts = [int(v) for v in re.search(r"--variants ([\d ]+)", text).group(1).split()]
+    assert REAL_FULL.variants_for(rgbd) == counts
 
     data = make_fake_data(tmp_path / "data")
     demo = RealDemo(tmp_path / "run", data, full=True)

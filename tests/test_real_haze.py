@@ -13,13 +13,13 @@ def _scene(h=12, w=16, seed=0):
 
 
 def test_synthesis_from_an_rgbd_pair_is_exact():
-    """A variant without noise/JPEG/patchy fog is I = J t + A (1 - t) with the drawn beta and airlight."""
+    """A variant without noise/blur/JPEG/patchy fog/clear frames is I = J t + A (1 - t) with the drawn beta and airlight."""
     from edgehaze.data.rgbd import RGBDScene
     from edgehaze.data.rgbd_synth import HazeRecipe, render_variant
 
     clear, depth = _scene()
     scene = RGBDScene("s", clear, depth, np.ones_like(depth, bool), metric=False, source="test")
-    recipe = HazeRecipe(nonhomogeneous=0.0, noise=0.0, jpeg=0.0, exposure=(1.0, 1.0))
+    recipe = HazeRecipe(nonhomogeneous=0.0, noise=0.0, jpeg=0.0, blur=0.0, clear=0.0, exposure=(1.0, 1.0))
     hazy, gt, p = render_variant(scene, recipe, np.random.default_rng(3))
     t = np.exp(-p["beta"] * depth.astype(np.float64))[..., None]
     want = clear * t + np.asarray(p["airlight"]) * (1 - t)

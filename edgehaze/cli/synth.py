@@ -38,7 +38,14 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
     src.add_argument("--rgbd", type=Path, action="append", metavar="DIR",
                      help="real RGB-D folder (repeatable): FRIDA2, clear/+depth/, or hazy/+gt/ pairs")
     rg = p.add_argument_group("--rgbd options")
-    rg.add_argument("--rgbd-layout", choices=["auto", "pairs", "frida2", "generic"], default="auto")
+    rg.add_argument("--rgbd-layout", choices=["auto", "pairs", "frida2", "generic", "cityscapes", "photos"],
+                    default="auto", help="auto detects; photos = clear photos without depth (a depth proxy)")
+    rg.add_argument("--depth-proxy", choices=["geometric", "field"], default="geometric",
+                    help="depth for photos without depth: the geometric prior (sky far, ground near) or a smooth "
+                         "random field (edgehaze.data.outdoor)")
+    rg.add_argument("--clear-frames", type=float, default=None,
+                    help="probability that a rendering is the clear image itself (identity pair; default 0.1)")
+    rg.add_argument("--blur", type=float, default=None, help="probability of optics blur (default 0.2)")
     rg.add_argument("--variants", type=int, nargs="+", default=[8],
                     help="hazy renderings per scene (default 8); one count, or one per --rgbd in order "
                          "(e.g. --variants 12 4 to weight the first source up)")
@@ -51,7 +58,7 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
     rg.add_argument("--beta-rel", type=float, nargs=2, metavar=("LO", "HI"), default=None,
                     help="beta per unit of relative depth (default 0.3 2.2)")
     rg.add_argument("--visibility-m", type=float, nargs=2, metavar=("LO", "HI"), default=None,
-                    help="metric scenes: visibility range in metres, beta = 3/V (default 40 600)")
+                    help="metric scenes: visibility range in metres, beta = 3/V, log-uniform (default 50 20000)")
     rg.add_argument("--nonhomogeneous", type=float, default=None, help="probability of patchy fog (default 0.5)")
     rg.add_argument("--noise", type=float, default=None, help="probability of sensor noise (default 0.4)")
     rg.add_argument("--jpeg", type=float, default=None, help="probability of JPEG compression (default 0.3)")
@@ -157,13 +164,13 @@ def _run_rgbd(args: argparse.Namespace) -> int:
     recipe = HazeRecipe()
     overrides = {"beta_rel": args.beta_rel, "visibility_m": args.visibility_m, "airlight": args.airlight,
                  "tint": args.tint, "nonhomogeneous": args.nonhomogeneous, "noise": args.noise,
-                 "jpeg": args.jpeg, "exposure": args.exposure}
+                 "jpeg": args.jpeg, "exposure": args.exposure, "clear": args.clear_frames, "blur": args.blur}
     recipe = replace(recipe, **{k: (tuple(v) if isinstance(v, list) else v)
                                 for k, v in overrides.items() if v is not None})
     sources = []
     for root in args.rgbd:
         src = load_source(root, layout=args.rgbd_layout, test_every=args.test_every,
-                          depth_scale=args.depth_scale, depth_kind=args.depth_kind)
+                          depth_scale=args.depth_scale, depth_kind=args.depth_kind, depth_proxy=args.depth_proxy)
         print(f"{root}: {len(src.scenes)} scenes ({src.layout}; test every {src.test_every or 'none'})")
         sources.append(src)
     counts = make_rgbd_dataset(sources, args.out, variants=args.variants, recipe=recipe, seed=args.seed,

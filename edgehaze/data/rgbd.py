@@ -223,7 +223,7 @@ def load_generic_scenes(root: "str | Path", depth_scale: Optional[float] = None,
     return scenes
 
 
-RGBD_LAYOUTS = ("pairs", "frida2", "generic")
+RGBD_LAYOUTS = ("pairs", "frida2", "generic", "cityscapes", "photos")
 
 
 def detect_rgbd_layout(root: "str | Path") -> str:
@@ -235,8 +235,15 @@ def detect_rgbd_layout(root: "str | Path") -> str:
         return "generic"
     if (root / "hazy").is_dir() and any((root / d).is_dir() for d in ("gt", "GT", "clear")):
         return "pairs"
+    if all((root / d).is_dir() for d in ("clear", "disparity", "camera")):
+        return "cityscapes"
+    from edgehaze.data.outdoor import list_photos
+
+    if list_photos(root):
+        return "photos"
     raise EdgehazeError(f"--rgbd {root}: not an RGB-D folder (want clear/+depth_cm/ (FRIDA2), "
-                        "clear/+depth/ (generic) or hazy/+gt/ (pairs))")
+                        "clear/+depth/ (generic), hazy/+gt/ (pairs), clear/+disparity/+camera/ (Cityscapes) "
+                        "or plain photos (a depth proxy is used))")
 
 
 # ------------------------------------------------------------------ splits
@@ -244,6 +251,12 @@ def detect_rgbd_layout(root: "str | Path") -> str:
 FRIDA2_TEST_EVERY = 5
 #: validation scenes: every 7th of the remaining training scenes (chooses checkpoints)
 VAL_EVERY = 7
+#: test scenes per layout (every k-th in sorted order; the rest train or validate). Clear outdoor
+#: photos: every 10th is test; Cityscapes' four scenes: the 4th (hamburg) is test
+DEFAULT_TEST_EVERY = {"frida2": FRIDA2_TEST_EVERY, "photos": 10, "cityscapes": 4}
+#: layouts that validate on their own rule: Cityscapes' 3rd scene (dusseldorf) validates, every 9th
+#: remaining photo validates (about a tenth of all photos, 66)
+DEFAULT_VAL_EVERY = {"cityscapes": 3, "photos": 9}
 
 
 def scene_split(names: Sequence[str], test_every: int = 0, val_every: int = VAL_EVERY) -> Dict[str, List[str]]:

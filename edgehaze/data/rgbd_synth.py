@@ -3,17 +3,25 @@
 Each scene (:mod:`edgehaze.data.rgbd`) is hazed ``variants`` times with
 ``I = J t + A (1 - t)``, each time with its own draw of (:class:`HazeRecipe`):
 
+* a clear frame (probability ``clear``): the hazy image *is* the clear
+  one, an identity pair, so a model learns to leave haze-free scenes alone;
 * ``beta``: per unit of relative depth (``beta_rel``, relative scenes) or
   from a meteorological visibility ``V`` in metres (``beta = 3 / V``,
-  Koschmieder: contrast falls to 5 % at ``V``; metric scenes);
+  Koschmieder: contrast falls to 5 % at ``V``; metric scenes), log-uniform
+  from dense fog (50 m) to the light haze most outdoor cameras see (20 km);
+* the sky (scenes with a ``sky`` mask) at its own distance, log-uniform in
+  ``sky_depth_m``: thick haze turns it into the airlight, light haze leaves
+  some of its colour;
 * non-homogeneous fog (probability ``nonhomogeneous``): ``beta`` times
   ``exp(s * n)``, ``n`` a smooth unit-variance noise field (a coarse
   Gaussian lattice, bicubically enlarged), ``s`` up to ``fog_var``;
-* airlight level ``A`` in ``airlight`` and a per-channel tint;
+* airlight level ``A`` in ``airlight`` and a tint of one of three kinds
+  (``tint_kinds``: grey within ``tint``, bluish, warm smog; ``tint_strength``);
 * exposure: clear image and airlight scaled together (a camera's exposure,
   the ground truth is the scaled clear image);
-* sensor noise (Gaussian, probability ``noise``) and JPEG compression
-  (probability ``jpeg``) on the hazy image only: what a camera delivers.
+* optics blur (Gaussian, probability ``blur``), sensor noise (Gaussian,
+  probability ``noise``) and JPEG compression (probability ``jpeg``) on the
+  hazy image only: what a camera delivers.
 
 Draws depend on ``(seed, scene name, variant)`` only, so a dataset is
 reproducible and adding scenes does not change the others.
@@ -46,19 +54,26 @@ class HazeRecipe:
     """Ranges of one haze synthesis (see the module docstring)."""
 
     beta_rel: Tuple[float, float] = (0.3, 2.2)
-    visibility_m: Tuple[float, float] = (40.0, 600.0)
+    visibility_m: Tuple[float, float] = (50.0, 20000.0)
+    sky_depth_m: Tuple[float, float] = (3000.0, 30000.0)
+    clear: float = 0.1
     airlight: Tuple[float, float] = (0.7, 1.0)
     tint: float = 0.05
+    tint_kinds: Tuple[float, float, float] = (0.5, 0.25, 0.25)  # grey, bluish, warm smog
+    tint_strength: Tuple[float, float] = (0.02, 0.1)
     nonhomogeneous: float = 0.5
     fog_var: float = 0.5
     exposure: Tuple[float, float] = (0.8, 1.1)
+    blur: float = 0.2
+    blur_sigma: Tuple[float, float] = (0.3, 1.2)
     noise: float = 0.4
     noise_sigma: Tuple[float, float] = (0.002, 0.02)
     jpeg: float = 0.3
     jpeg_quality: Tuple[int, int] = (60, 95)
 
     def validate(self) -> None:
-        for name in ("beta_rel", "visibility_m", "airlight", "exposure", "noise_sigma", "jpeg_quality"):
+        for name in ("beta_rel", "visibility_m", "sky_depth_m", "airlight", "tint_strength", "exposure",
+                     "blur_sigma", "noise_sigma", "jpeg_quality"):
             lo, hi = getattr(self, name)
             if not 0 <= lo <= hi:
                 raise EdgehazeError(f"--{name.replace('_', '-')} {lo} {hi}: need 0 <= LO <= HI")
@@ -66,9 +81,13 @@ class HazeRecipe:
             raise EdgehazeError(f"--airlight {self.airlight[0]} {self.airlight[1]}: airlight is at most 1")
         if self.visibility_m[0] <= 0:
             raise EdgehazeError("--visibility-m: LO must be > 0 metres")
-        for name in ("nonhomogeneous", "noise", "jpeg"):
+        for name in ("clear", "nonhomogeneous", "blur", "noise", "jpeg"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise EdgehazeError(f"--{name} {getattr(self, name)}: a probability in [0, 1]")
+        kinds = self.tint_kinds
+        if len(kinds) != 3 or min(kinds) < 0 or not 0.999 <= sum(kinds) <= 1.001:
+            raise EdgehazeError(f"--tint-kinds {' '.join(map(str, kinds))}: three probabilities (grey, bluish, "
+                                "warm) that add up to 1")
 
 
 def _rng(seed: int, scene: str, variant: int) -> np.random.Generator:
@@ -94,6 +113,13 @@ def render_variant(scene: RGBDScene, recipe: HazeRecipe, rng: np.random.Generato
 
     h, w = scene.depth.shape
     params: Dict = {}
+    gain = float(rng.uniform(*recipe.exposure))
+    clear = np.clip(scene.clear.astype(np.float64) * gain, 0.0, 1.0)
+    if rng.random() < recipe.clear:
+        params.update(clear_frame=True, exposure=gain)
+        frame = clear.astype(np.float32)
+        return frame, frame.copy(), params
+    depth = scene.depth.astype(np.float64)
     if scene.metric:
         vis = float(np.exp(rng.uniform(np.log(recipe.visibility_m[0]), np.log(recipe.visibility_m[1]))))
         beta = 3.0 / vis
@@ -101,19 +127,27 @@ def render_variant(scene: RGBDScene, recipe: HazeRecipe, rng: np.random.Generato
     else:
         beta = float(rng.uniform(*recipe.beta_rel))
     params["beta"] = beta
+    if scene.metric and scene.sky is not None and scene.sky.any():
+        sky_d = float(np.exp(rng.uniform(np.log(recipe.sky_depth_m[0]), np.log(recipe.sky_depth_m[1]))))
+        depth = np.where(scene.sky, max(sky_d, float(depth[~scene.sky].max(initial=0.0))), depth)
+        params["sky_depth"] = sky_d
     beta_map = np.full((h, w), beta, np.float64)
     if rng.random() < recipe.nonhomogeneous:
         s = float(rng.uniform(0.1, recipe.fog_var))
         beta_map = beta_map * np.exp(s * smooth_field(rng, (h, w)))
         params["fog_var"] = s
-    t = np.exp(-beta_map * scene.depth.astype(np.float64))
+    t = np.exp(-beta_map * depth)
     level = float(rng.uniform(*recipe.airlight))
-    tint = rng.uniform(-recipe.tint, recipe.tint, size=3) if recipe.tint > 0 else np.zeros(3)
-    airlight = np.clip(level * (1.0 + tint), 0.0, 1.0)
-    gain = float(rng.uniform(*recipe.exposure))
-    clear = np.clip(scene.clear.astype(np.float64) * gain, 0.0, 1.0)
+    kind, tint = airlight_tint(recipe, rng)
+    airlight = np.clip(level * tint, 0.0, 1.0)
     hazy = apply_haze(clear, t, np.clip(airlight * gain, 0.0, 1.0))
-    params.update(airlight=[float(a) for a in airlight], exposure=gain)
+    params.update(airlight=[float(a) for a in airlight], tint_kind=kind, exposure=gain)
+    if rng.random() < recipe.blur:
+        import cv2
+
+        sigma = float(rng.uniform(*recipe.blur_sigma))
+        hazy = cv2.GaussianBlur(hazy, (0, 0), sigma)
+        params["blur_sigma"] = sigma
     if rng.random() < recipe.noise:
         sigma = float(rng.uniform(*recipe.noise_sigma))
         hazy = hazy + rng.normal(0.0, sigma, hazy.shape)
@@ -124,6 +158,16 @@ def render_variant(scene: RGBDScene, recipe: HazeRecipe, rng: np.random.Generato
         hazy = jpeg_roundtrip(hazy, q)
         params["jpeg_quality"] = q
     return hazy, clear.astype(np.float32), params
+
+
+def airlight_tint(recipe: HazeRecipe, rng: np.random.Generator) -> Tuple[str, np.ndarray]:
+    """``(kind, per-channel factor)``: grey (within +-``tint``), bluish (daylight haze) or warm (smog, dust)."""
+    kind = ("grey", "bluish", "warm")[int(rng.choice(3, p=np.asarray(recipe.tint_kinds, np.float64)
+                                                      / sum(recipe.tint_kinds)))]
+    if kind == "grey":
+        return kind, 1.0 + (rng.uniform(-recipe.tint, recipe.tint, size=3) if recipe.tint > 0 else np.zeros(3))
+    a = float(rng.uniform(*recipe.tint_strength))
+    return kind, np.array([1.0 - 2 * a, 1.0 - a, 1.0]) if kind == "bluish" else np.array([1.0, 1.0 - a, 1.0 - 2.5 * a])
 
 
 def jpeg_roundtrip(img01: np.ndarray, quality: int) -> np.ndarray:
@@ -146,11 +190,19 @@ class RGBDSource:
     scenes: List[RGBDScene]
     test_every: int
     pairs: List = field(default_factory=list)  # pairs layout: its (hazy, gt) pairs, for --keep-pairs
+    val_every: Optional[int] = None  # None: the dataset's val_every (a source with few scenes sets its own)
 
 
 def load_source(root: "str | Path", layout: str = "auto", test_every: Optional[int] = None,
-                depth_scale: Optional[float] = None, depth_kind: str = "depth") -> RGBDSource:
-    """Read an RGB-D folder; FRIDA2 defaults to every 5th scene as test, others to none."""
+                depth_scale: Optional[float] = None, depth_kind: str = "depth",
+                depth_proxy: str = "geometric") -> RGBDSource:
+    """Read an RGB-D folder; its default test rule is :data:`edgehaze.data.rgbd.DEFAULT_TEST_EVERY`'s.
+
+    ``photos`` (clear photos without depth) get ``depth_proxy``
+    (:mod:`edgehaze.data.outdoor`); Cityscapes' four scenes split one for
+    validation and one for test.
+    """
+    from edgehaze.data import outdoor
     from edgehaze.data import rgbd
 
     root = Path(root)
@@ -168,11 +220,16 @@ def load_source(root: "str | Path", layout: str = "auto", test_every: Optional[i
         scenes = rgbd.load_frida2_scenes(root)
     elif layout == "generic":
         scenes = rgbd.load_generic_scenes(root, depth_scale=depth_scale, depth_kind=depth_kind)
+    elif layout == "cityscapes":
+        scenes = outdoor.load_cityscapes_scenes(root)
+    elif layout == "photos":
+        scenes = outdoor.load_photo_scenes(root, proxy=depth_proxy)
     else:
         raise EdgehazeError(f"--rgbd-layout {layout}: choose auto, {', '.join(rgbd.RGBD_LAYOUTS)}")
     if test_every is None:
-        test_every = rgbd.FRIDA2_TEST_EVERY if layout == "frida2" else 0
-    return RGBDSource(root=root, layout=layout, scenes=scenes, test_every=int(test_every), pairs=pairs)
+        test_every = rgbd.DEFAULT_TEST_EVERY.get(layout, 0)
+    return RGBDSource(root=root, layout=layout, scenes=scenes, test_every=int(test_every), pairs=pairs,
+                      val_every=rgbd.DEFAULT_VAL_EVERY.get(layout))
 
 
 def _own_pairs(source: RGBDSource, scene: RGBDScene) -> List[Tuple[str, Path]]:
@@ -226,7 +283,8 @@ def make_rgbd_dataset(
     out = Path(out)
     jobs: List[Tuple[RGBDSource, RGBDScene, str, int]] = []
     for src, n_src in zip(sources, per_source):
-        split = scene_split([s.name for s in src.scenes], test_every=src.test_every, val_every=val_every)
+        split = scene_split([s.name for s in src.scenes], test_every=src.test_every,
+                            val_every=src.val_every or val_every)
         where = {name: part for part, names in split.items() for name in names}
         jobs += [(src, s, where[s.name], n_src) for s in src.scenes]
     counts = {"train": 0, "val": 0, "test": 0}
@@ -257,7 +315,8 @@ def make_rgbd_dataset(
     if bar is not None:
         bar.close()
     info = {"counts": counts, "sources": [{"root": str(s.root), "layout": s.layout, "scenes": len(s.scenes),
-                                            "test_every": s.test_every} for s in sources],
+                                            "test_every": s.test_every, "val_every": s.val_every or val_every}
+                                           for s in sources],
             "variants": per_source if len(set(per_source)) > 1 else per_source[0], "seed": seed, "val_every": val_every, "recipe": asdict(recipe)}
     atomic_write_bytes(out / "synth.json", json.dumps(info, indent=2).encode())
     return counts
