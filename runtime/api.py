@@ -340,7 +340,16 @@ def _c_strides(shape: tuple) -> tuple:
 
 
 def create(artifact_path: str | Path, options: Options | dict | None = None) -> Dehazer:
-    """``eh_create``: open an artifact; the handle reports ``handle.backend_name``."""
+    """``eh_create``: open an artifact, or a shipped model by name (``"edgehaze-s"``, ``"edgehaze-s@1080"``).
+
+    A bare word naming no file is looked up in ``runtime/models/manifest.json``
+    (runtime/zoo.py: files checked by sha256, variant chosen by frame size);
+    paths keep working and win over names. The handle reports ``handle.backend_name``.
+    """
+    from .zoo import ModelDehazer, looks_like_name
+
+    if looks_like_name(artifact_path):
+        return ModelDehazer(artifact_path, options)
     return Dehazer(artifact_path, options)
 
 

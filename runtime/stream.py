@@ -1,5 +1,6 @@
 """Dehaze a camera feed, a network stream, a video or an image folder: ``python runtime/stream.py``.
 
+    python runtime/stream.py --input hazy.mp4 --output out.mp4     # the shipped default model (edgehaze models)
     python runtime/stream.py --model model.onnx --input csi://0 --output display://0
     python runtime/stream.py --model model.onnx --input rtsp://user:pw@cam/stream --output out.mp4 \\
         --depth-every 4 --stats-json stats.json
@@ -37,7 +38,7 @@ if not __package__:  # run as a script: make the runtime folder importable as a 
 
 import numpy as np  # noqa: E402
 
-from .api import Dehazer, Options  # noqa: E402
+from .api import Dehazer, Options, create  # noqa: E402
 from .capture import EOF, ERROR, CaptureThread  # noqa: E402
 from .errors import RuntimeError_, Status, mask_text  # noqa: E402
 from .gst import FLIP_METHODS, INPUT_CODECS, OUTPUT_CODECS  # noqa: E402
@@ -301,7 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--doctor", action="store_true",
                    help="print what this machine can run (OpenCV build, GStreamer elements, onnxruntime providers, "
                         "TensorRT/CUDA versions, GPU, cameras) with warnings, and exit")
-    p.add_argument("--model", help="artifact: NAME.onnx, NAME.engine, NAME.json or its folder (required)")
+    p.add_argument("--model", help="artifact (NAME.onnx, NAME.engine, NAME.json or its folder) or a shipped model "
+                                   "name (edgehaze-s, edgehaze-s@1080; runtime/models/); default: the shipped "
+                                   "default model")
     p.add_argument("--input", help="0, /dev/video0, v4l2:///dev/video0, csi://0, rtsp://..., "
                                    "file://..., a video, an image folder or a glob (required)")
     p.add_argument("--output", default=None,
@@ -390,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.doctor:
         from .doctor import main as doctor
         return doctor()
-    missing = [f"--{k}" for k in ("model", "input") if not getattr(args, k)]
+    missing = [f"--{k}" for k in ("input",) if not getattr(args, k)]
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)} (or --doctor)")
     stream, previous = None, {}
@@ -405,13 +408,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_reopen < 0:
             raise RuntimeError_(Status.BAD_ARGUMENT, f"--max-reopen must be >= 0, got {args.max_reopen}")
         check_outputs(args)  # before the model loads: an output that cannot be written fails in a second
-        dehazer = Dehazer(args.model, Options(provider=args.provider, threads=args.threads, spin=args.spin,
+        if not args.model:
+            from .zoo import default_model, describe
+            args.model = default_model()
+            log(f"no --model: the shipped default {describe(args.model)} (--model NAME_OR_PATH for another)")
+        dehazer = create(args.model, Options(provider=args.provider, threads=args.threads, spin=args.spin,
                                               graph_optimization=args.graph_opt,
                                               optimized_model_path=args.save_optimized,
                                               depth_every=args.depth_every,
                                               temporal=args.temporal or 0.0, bypass=args.bypass))
         log(f"model {args.model} on {dehazer.backend_name} ({args.threads} threads), channel order "
             f"{dehazer.channel_order}, depth every {dehazer.depth_every} frame(s)")
+        if hasattr(dehazer, "on_variant"):  # a shipped model by name: say when the frame size picks another variant
+            dehazer.on_variant = log
         if args.temporal is None:
             default_smoothing(dehazer)
         source = open_source(args.input, width=args.input_width, height=args.input_height,

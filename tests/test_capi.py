@@ -172,7 +172,8 @@ def test_unexpected_python_exception_is_internal_with_its_name(lib_dir, art, tmp
         "from runtime import Options, RuntimeError_, Status\n"
         "class Dehazer:\n"
         "    def __init__(self, path, options):\n"
-        "        raise ZeroDivisionError('boom from the fake runtime')\n")
+        "        raise ZeroDivisionError('boom from the fake runtime')\n"
+        "create = Dehazer  # eh_create calls runtime.create (paths and shipped model names)\n")
     exe = compile_c(REPO / "runtime" / "examples" / "dehaze_file.c", tmp_path / "dehaze_file", lib_dir)
     frames(1)[0].tofile(tmp_path / "in.raw")
     done = subprocess.run([str(exe), str(art), str(tmp_path / "in.raw"), str(tmp_path / "o.raw"), str(W), str(H)],

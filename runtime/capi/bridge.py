@@ -212,7 +212,8 @@ class Bridge:
         ffi = self.ffi
         if path == ffi.NULL:
             raise self.fail("BAD_ARGUMENT", "eh_create: path is NULL")
-        state = _Handle(ffi, self.rt.Dehazer(os.fsdecode(ffi.string(path)), self.options_from_c(opts)))
+        # create(): a path, or a shipped model name ("edgehaze-s") checked against runtime/models/manifest.json
+        state = _Handle(ffi, self.rt.create(os.fsdecode(ffi.string(path)), self.options_from_c(opts)))
         self.handles[self.address(state.keep)] = state
         out[0] = state.keep
         return 0

@@ -107,8 +107,10 @@ const char *eh_last_error(void);
 /* Fill *opts with the defaults of runtime.Options (and struct_size). */
 eh_status eh_options_init(eh_options *opts);
 
-/* Open NAME.onnx | NAME.engine | NAME.json | a stem | a folder. opts NULL = defaults.
-   On success *out is a new handle; on failure *out is NULL. */
+/* Open NAME.onnx | NAME.engine | NAME.json | a stem | a folder, or a shipped model by name
+   ("edgehaze-s": runtime/models/, files checked by sha256, variant chosen by each frame's size;
+   "edgehaze-s@1080" pins one). opts NULL = defaults. On success *out is a new handle; on failure
+   *out is NULL. */
 eh_status eh_create(const char *path, const eh_options *opts, eh_handle **out);
 
 /* Dehaze in into out (same width/height, caller memory, written in place). The backend binds
