@@ -40,3 +40,30 @@ def test_mapped_folders_import_under_the_package_namespace():
     assert Path(edgehaze.distill.__file__).parent.name == "distill"
     assert Path(edgehaze.export.__file__).parent.name == "export"
     assert Path(edgehaze.runtime.__file__).parent.name == "runtime"
+
+
+def test_wheel_carries_the_shipped_models(tmp_path):
+    """`pip install` must bring runtime/models (manifest, cards, ONNX, sidecars, safetensors): build a wheel and look."""
+    import json
+    import shutil
+    import subprocess
+    import zipfile
+
+    src = tmp_path / "src"
+    for folder in ("edgehaze", "distill", "export", "runtime"):
+        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__", "trt_cache"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                           str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    wheel = next((tmp_path / "dist").glob("edgehaze-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    manifest = json.loads((ROOT / "runtime" / "models" / "manifest.json").read_text())
+    want = {"edgehaze/runtime/models/manifest.json"}
+    for name, entry in manifest["models"].items():
+        want.add(f"edgehaze/runtime/models/{entry['card']}")
+        want.add(f"edgehaze/runtime/models/{entry['checkpoint']['path']}")
+        for v in entry["variants"].values():
+            want |= {f"edgehaze/runtime/models/{v['file']['path']}", f"edgehaze/runtime/models/{v['sidecar']['path']}"}
+    assert want <= names, f"missing from the wheel: {sorted(want - names)}"

@@ -1,4 +1,9 @@
-"""``edgehaze dehaze IMAGES... --checkpoint CKPT --out DIR``.
+"""``edgehaze dehaze IMAGES... --out DIR [--checkpoint CKPT_OR_NAME]``.
+
+Without ``--checkpoint`` the shipped default model (``edgehaze models``) dehazes:
+its FP32 checkpoint from ``runtime/models/`` (sha256 checked), at the internal
+scale its manifest gives the image's size (the 1080p variant's scale for large
+photos). ``--checkpoint edgehaze-s`` names a shipped model; a path is your own.
 
 Any size (the model pads and crops itself), PNG/JPG/BMP/TIFF, RGBA (alpha
 dropped), grayscale and 16-bit inputs (read as float RGB in [0, 1]). A file
@@ -25,7 +30,8 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("images", nargs="+", help="image files, folders or glob patterns")
-    p.add_argument("--checkpoint", help="edgehaze checkpoint (.safetensors); not needed for --method dcp")
+    p.add_argument("--checkpoint", help="edgehaze checkpoint (.safetensors) or a shipped model name (edgehaze-s); "
+                                        "default: the shipped default model")
     p.add_argument("--method", choices=["model", "dcp"], default="model",
                    help="model (the checkpoint) or dcp: the dark-channel prior (He et al.), the baseline to beat")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
@@ -74,12 +80,32 @@ def run(args: argparse.Namespace) -> int:
         from edgehaze.dcp import dcp_runner
 
         model, tile = None, 0  # the prior is cheap per pixel and global (airlight): whole images, no tiles
+        shipped = None
         max_pixels = max(max_pixels, 1 << 40)
         run_dcp = dcp_runner()
-    elif args.checkpoint is None:
-        raise EdgehazeError("--checkpoint is required (or --method dcp for the dark-channel prior)")
     else:
-        model, meta = load_dehazer(args.checkpoint, depth_weights=args.depth_weights)
+        from edgehaze.model_zoo import shipped_checkpoint, shipped_label, shipped_scales
+
+        shipped = shipped_checkpoint(args.checkpoint)  # None: a path of your own
+        model, meta = load_dehazer(shipped or args.checkpoint, depth_weights=args.depth_weights)
+        if shipped is not None:
+            scale_for = shipped_scales(args.checkpoint)
+            print(f"edgehaze dehaze: {shipped_label(args.checkpoint)}")
+    scaled: dict = {}
+    if model is not None and shipped is not None:
+        from edgehaze.export.fused import internal_scale
+
+        def model_for(h: int, w: int):
+            """The shipped model at the internal scale its manifest gives this image size (copies cached)."""
+            s = scale_for(h, w)
+            if s == model.backbone.scale:
+                return model
+            if s not in scaled:
+                scaled[s] = internal_scale(model, s).eval()
+            return scaled[s]
+    else:
+        def model_for(h: int, w: int):
+            return model
     if tile:
         try:  # the overlap is rounded up to the model's alignment: check the tile still has a core
             plan_tiles(1, 1, tile, overlap, tile_alignment(model))
@@ -117,13 +143,13 @@ def run(args: argparse.Namespace) -> int:
                 failed.append((path, reason))
                 tqdm.write(f"skipped: {reason}", file=sys.stderr)
                 continue
-            result = dehaze_tiled(model, image, tile=tile, overlap=overlap, bits=args.bits)
+            result = dehaze_tiled(model_for(h, w), image, tile=tile, overlap=overlap, bits=args.bits)
             del image
         elif model is None:
             result = run_dcp(image)
         else:
             with torch.inference_mode():
-                result = to_image(model(to_tensor(image)))
+                result = to_image(model_for(h, w)(to_tensor(image)))
         try:
             write_image(target, result, bits=args.bits)
         except OSError as exc:  # full disk, read-only folder, quota: the earlier file is intact (atomic write)

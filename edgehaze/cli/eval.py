@@ -1,6 +1,12 @@
 """``edgehaze eval``: score a trained model on a dataset.
 
     edgehaze eval --checkpoint runs/x/best.safetensors --data DATA [--out DIR]
+    edgehaze eval --model edgehaze-s --data DATA    # a shipped model as a device runs it (INT8, torch-free runtime)
+
+``--model`` takes a shipped model name (``edgehaze models``; the variant
+follows each image's size) or an exported artifact, and runs it through the
+torch-free runtime; ``--checkpoint`` also takes a shipped name (its FP32
+checkpoint, in torch).
 
 DATA is any supported layout (``--layout auto`` detects RESIDE, DehazeFormer,
 RW2AH, or a plain folder of real hazy photos), or ``--hazy DIR [--clear DIR]``.
@@ -27,7 +33,10 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--checkpoint", type=Path, help="model file (.safetensors checkpoint or exported .onnx)")
+    p.add_argument("--checkpoint", type=Path, help="model file (.safetensors checkpoint or exported .onnx), or a "
+                                                  "shipped model name (its FP32 checkpoint)")
+    p.add_argument("--model", default=None, help="a shipped model name (edgehaze-s, edgehaze-s@1080) or an artifact, "
+                                                 "run through the torch-free runtime (what a device runs)")
     p.add_argument("--method", choices=["model", "dcp"], default="model",
                    help="model (--checkpoint) or dcp: evaluate the dark-channel prior itself")
     p.add_argument("--no-dcp", action="store_true",
@@ -87,10 +96,25 @@ def run(args: argparse.Namespace) -> int:
         runner = Runner(run=dcp_runner(), info={"kind": "dark-channel prior", "params": "patch 15, omega 0.95, "
                                                 "t0 0.1, guided filter r 60 eps 1e-4"})
         label = "dcp"
+    elif args.model is not None:
+        if args.checkpoint is not None:
+            raise EdgehazeError("--model and --checkpoint exclude each other: pass one")
+        import edgehaze.runtime as rt
+        from edgehaze.demo import _runtime_runner
+
+        try:
+            runner = _runtime_runner(args.model, args.threads or 2)
+        except rt.RuntimeError_ as exc:  # one line naming the file, or the shipped names
+            raise EdgehazeError(f"--model: {exc.message}") from None
+        runner.info["model"] = args.model
+        label = Path(args.model).stem
     elif args.checkpoint is None:
-        raise EdgehazeError("--checkpoint is required (or --method dcp for the dark-channel prior alone)")
+        raise EdgehazeError("--checkpoint or --model is required (or --method dcp for the dark-channel prior alone)")
     else:
-        runner = make_runner(args.checkpoint, depth_weights=args.depth_weights, threads=args.threads)
+        from edgehaze.model_zoo import shipped_checkpoint
+
+        shipped = shipped_checkpoint(str(args.checkpoint))
+        runner = make_runner(shipped or args.checkpoint, depth_weights=args.depth_weights, threads=args.threads)
         label = args.checkpoint.stem
     baseline = None if (args.no_dcp or args.method == "dcp") else dcp_runner()
 
@@ -98,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("eval") / f"{label}_{data_name}"
     summary = evaluate(
         runner, dataset, out, stats=stats, sheet_rows=args.sheet_rows, save_outputs=args.save_images,
-        extra_summary={"checkpoint": str(args.checkpoint), "data": str(args.data or args.hazy),
+        extra_summary={"checkpoint": str(args.checkpoint), "model": args.model, "data": str(args.data or args.hazy),
                        "layout": pairs.layout},
         baseline=baseline,
     )

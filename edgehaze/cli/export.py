@@ -25,7 +25,9 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> None:
         "dehazed) + NAME.json sidecar (same keys in the ONNX metadata_props). Every export checks itself: "
         "FP32 against PyTorch, INT8/FP16 by PSNR on hold-out images.",
     )
-    p.add_argument("--checkpoint", default=None, help="dehazer checkpoint (.safetensors)")
+    p.add_argument("--checkpoint", default=None,
+                   help="dehazer checkpoint (.safetensors), or a shipped model name (edgehaze-s: its FP32 checkpoint "
+                        "from runtime/models/, e.g. re-exported --target trt; output in runs/NAME/export/)")
     p.add_argument("--format", default="onnx", choices=["onnx", "engine", "torchtrt", "all"],
                    help="target (engine/torchtrt: GPU machines with the trt extra)")
     p.add_argument("--target", choices=["cpu", "trt"], default=None,
@@ -115,7 +117,14 @@ def run(args: argparse.Namespace) -> int:
     from edgehaze.export import export_checkpoint
     from edgehaze.export.targets import check_flags, precision_of, resolve_formats
 
+    from edgehaze.model_zoo import shipped_checkpoint
+
     torch.set_num_threads(min(2, torch.get_num_threads()))
+    shipped = shipped_checkpoint(args.checkpoint)
+    if shipped is not None:  # never write next to the shipped files
+        print(f"edgehaze export: {args.checkpoint} is the shipped checkpoint {shipped}")
+        args.out = args.out or str(Path("runs") / args.checkpoint / "export")
+        args.checkpoint = str(shipped)
     given = [k for k in _CHECKED if getattr(args, k, None) not in (None, False)]
     precision = precision_of(bool(args.int8), bool(args.fp16))
     check_flags(resolve_formats(args.format, precision), given, precision)

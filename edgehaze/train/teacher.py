@@ -94,18 +94,35 @@ def load_stage1_weights(model: nn.Module, stage1: Dict[str, torch.Tensor], sourc
 
 
 def stage1_state_from_checkpoint(path: str, cfg: TrainConfig) -> Dict[str, torch.Tensor]:
-    """Backbone weights of an edgehaze checkpoint, checked against ``model.backbone``."""
+    """Backbone weights of an edgehaze checkpoint, checked against ``model.backbone``.
+
+    ``path`` may name a shipped model (``rgb.init=edgehaze-s``): fine-tuning
+    on your own data then starts from the shipped student's backbone (a fused
+    checkpoint, whose backbone is taken on purpose).
+    """
     from safetensors.torch import load_file
 
     from edgehaze.checkpoint import read_metadata
+    from edgehaze.model_zoo import shipped_checkpoint
 
+    shipped = shipped_checkpoint(path)
+    path = str(shipped) if shipped is not None else path
     meta = read_metadata(path)
     build = meta.get("build", {})
     if build.get("backbone") != cfg.model.backbone:
         raise ConfigError(f"{path}: a '{build.get('backbone')}' checkpoint, but model.backbone={cfg.model.backbone}")
-    if build.get("depth"):
+    if build.get("depth") and shipped is None:
         raise ConfigError(f"{path}: a fused (depth '{build.get('depth')}') checkpoint; stage 1 needs a bare-backbone one")
-    return {k: v for k, v in load_file(str(path)).items() if k.startswith("backbone.")}
+    state = {k: v for k, v in load_file(str(path)).items() if k.startswith("backbone.")}
+    if build.get("depth"):  # a shipped (fused) student: its backbone without the fusion blocks, in stage-1 layout
+        from edgehaze.checkpoint import load_dehazer
+
+        points = [pt.name for pt in getattr(load_dehazer(path)[0], "points", [])]
+        state = {k: v for k, v in state.items() if not _is_fusion_key(k, points)}
+        for pt in points:
+            state = {(k.replace(f"backbone.{pt}.block.", f"backbone.{pt}.", 1)
+                      if k.startswith(f"backbone.{pt}.block.") else k): v for k, v in state.items()}
+    return state
 
 
 # ---------------------------------------------------------------- freezing
