@@ -58,6 +58,9 @@ EVAL_TERMS = {
     "frida2": "FRIDA2 test scenes: research use",
     "fohis-outdoor": "FoHIS: research use",
     "real-photos": "real hazy photos (Fattal, DehazeNet, AOD-Net, FADE samples): research / evaluation use",
+    "cityscapes": "Cityscapes test scene, haze rendered from its stereo depth: research use",
+    "clear-photos": "clear outdoor photos (BSDS500, Urban100, ...), left alone: research / non-commercial",
+    "light-haze": "clear outdoor photos with light rendered haze: research / non-commercial",
     "fog drive": "DVD GoPro fog drive: Apache-2.0",
 }
 PROBE_SIZE = (240, 320)
@@ -283,6 +286,12 @@ def headline(quality: Dict[str, Any], stream: List[Dict[str, Any]]) -> Dict[str,
             h["psnr_hazy"] = round(float((per.get("hazy input") or {}).get("psnr")), 2) \
                 if (per.get("hazy input") or {}).get("psnr") is not None else None
             break
+    photos = next((per for s, per in quality.items() if s.startswith("real-photos") and not s.endswith("-val")), {})
+    if (photos.get("student INT8") or {}).get("fade") is not None:
+        h["fade_set"] = next(s for s, per in quality.items() if per is photos)
+        for key, meth in (("fade_int8", "student INT8"), ("fade_prior", "dark-channel prior"), ("fade_hazy", "hazy input")):
+            v = (photos.get(meth) or {}).get("fade")
+            h[key] = round(float(v), 3) if v is not None else None
     for run in stream:
         if run["writes_video"] or run.get("fps") is None or not run.get("size"):
             continue

@@ -158,8 +158,8 @@ def describe(spec: str, folder: "Path | None" = None) -> str:
         if pinned is not None and key != pinned:
             continue
         scale = f", internal scale {v['internal_scale']}" if v.get("internal_scale") else ""
-        when = "" if pinned is not None else (f", frames from {v['min_side']} rows" if v.get("min_side") else
-                                              ", smaller frames")
+        when = ("" if pinned is not None or len(entry["variants"]) == 1 else
+                f", frames from {v['min_side']} rows" if v.get("min_side") else ", smaller frames")
         parts.append(f"{Path(v['file']['path']).name} ({v.get('precision', '?').upper()}{scale}{when})")
     return f"{name}: " + "; ".join(parts)
 

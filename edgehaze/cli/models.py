@@ -99,6 +99,9 @@ def _describe(m: dict) -> str:
         prior = f", dark-channel prior {h['psnr_prior']:.2f}" if h.get("psnr_prior") is not None else ""
         hazy = f", hazy input {h['psnr_hazy']:.2f}" if h.get("psnr_hazy") is not None else ""
         lines.append(f"  {h['psnr_set']}: INT8 PSNR {h['psnr_int8']:.2f} dB{prior}{hazy}")
+    if h.get("fade_int8") is not None:
+        lines.append(f"  {h['fade_set']}: INT8 FADE {h['fade_int8']:.3f} (lower is less haze), dark-channel prior "
+                     f"{h['fade_prior']:.3f}, hazy input {h['fade_hazy']:.3f}")
     fps = [f"{k[4:]} {v:.1f} FPS" for k, v in h.items() if k.startswith("fps_")]
     if fps:
         lines.append("  stream (runtime/stream.py, the run's machine): " + ", ".join(fps))
