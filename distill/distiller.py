@@ -79,12 +79,19 @@ class TeacherConfig:
 
 @dataclass
 class StudentConfig:
-    """The student encoder (a ``DEPTH_MODELS`` name) and its Z1 adapters."""
+    """The student encoder (a ``DEPTH_MODELS`` name) and its Z1 adapters.
+
+    init: a student checkpoint, or a shipped model name (``edgehaze-s``),
+    whose depth encoder and Z1 adapters start the student instead of a fresh
+    encoder and the Z1 fit: distillation on your own data then continues the
+    shipped student (its encoder must have the same architecture).
+    """
 
     depth: str = "student-s"
     depth_kwargs: Dict[str, Any] = field(default_factory=dict)
     z1_init: str = "lstsq"
     z1_fit_batches: int = 4
+    init: Optional[str] = None
 
 
 @dataclass
@@ -300,6 +307,30 @@ def build_student(
     if left or unexpected:
         raise CheckpointError(f"teacher and student differ beyond the encoder (missing {left[:3]}, unexpected {unexpected[:3]})")
     return model
+
+
+def init_student_from(student: nn.Module, spec: str) -> str:
+    """Load the depth encoder and Z1 adapters of checkpoint ``spec`` (a path or a shipped name) into ``student``.
+
+    Returns the checkpoint path. Every depth/Z1 tensor of ``student`` must be
+    there with its shape (else a one-line error naming the checkpoint).
+    """
+    from safetensors.torch import load_file
+
+    from edgehaze.checkpoint import read_metadata
+    from edgehaze.model_zoo import shipped_checkpoint
+
+    path = str(shipped_checkpoint(spec) or spec)
+    read_metadata(path)  # a readable edgehaze checkpoint, or a one-line CheckpointError
+    z1 = tuple(n + "." for n in z1_module_names(student))
+    want = {k: v for k, v in student.persistent_state_dict().items() if k.startswith("depth.") or k.startswith(z1)}
+    state = load_file(path)
+    bad = sorted(k for k, v in want.items() if k not in state or state[k].shape != v.shape)
+    if bad:
+        raise CheckpointError(f"student.init={spec}: {path} does not hold this student's encoder (missing or "
+                              f"differently shaped: {bad[:3]}); use the same student depth_kwargs")
+    student.load_state_dict({k: state[k] for k in want}, strict=False)
+    return path
 
 
 @torch.no_grad()

@@ -116,6 +116,11 @@ def run_distill(cfg: DistillConfig, resume: bool = False, progress: Optional[boo
         z1_fit: Dict[str, float] = {}
         if resume:
             _load_student(student, last)
+        elif cfg.student.init:  # continue a trained student (e.g. the shipped one) instead of fitting Z1 afresh
+            from edgehaze.distill.distiller import init_student_from
+
+            sampler.set_position(0, 0)
+            init_student_from(student, cfg.student.init)
         else:
             sampler.set_position(0, 0)
             loader = make_loader(dataset, sampler, bs, 0, device)
@@ -232,7 +237,8 @@ def run_distill(cfg: DistillConfig, resume: bool = False, progress: Optional[boo
                 val_limit=cfg.report.val_limit,
                 info={"teacher": ident["id"], "teacher_license": ident["license"], "student": cfg.student.depth,
                       "teacher_checkpoint": cfg.teacher.checkpoint, "student_checkpoint": str(final),
-                      "steps": step, "freeze": cfg.distill.freeze, "z1_init": cfg.student.z1_init, "z1_fit_rel_error": z1_fit},
+                      "steps": step, "freeze": cfg.distill.freeze, "z1_init": cfg.student.z1_init, "z1_fit_rel_error": z1_fit,
+                      "init": cfg.student.init},
             )
             write_report(run_dir, report)
         barrier(ctx)
