@@ -5,10 +5,11 @@
     edgehaze demo --force distill       # redo distillation and everything after it
     edgehaze demo --stages data teacher # only these stages
     edgehaze demo --data DIR            # on real data: DIR laid out like the shared data/ folder
-    edgehaze demo --data DIR --full     # the real-data recipe of the shipped student (~30 min, runs/demo-full)
+    edgehaze demo --data DIR --full     # the real-data recipe of the shipped student (~45 min, runs/demo-full)
     edgehaze demo --procedural          # procedural scenes even when EDGEHAZE_SHARED is set
 
-Data: with --data DIR (sots_indoor_train/ pairs and/or frida2/; optional
+Data: with --data DIR (any of sots_indoor_train/ pairs, frida2/, cityscapes4/
+and clear_outdoor/ photos, which get a geometric depth prior; optional
 sots_indoor/, fohis_depth/, real_hazy/ + metrics/ to test on, and
 video/dvd_gopro_fog_frames/ to stream), or $EDGEHAZE_SHARED/data when that
 variable is set and the folder exists, the demo trains on real RGB-D
