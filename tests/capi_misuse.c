@@ -52,6 +52,7 @@ typedef struct {
   const uint8_t *want;
   int w, h, n;
   int ok, wrong, closed, other;
+  int stop_when_closed; /* run until the first EH_CLOSED (at most n calls) */
 } worker;
 
 static void *hammer(void *arg) {
@@ -67,6 +68,7 @@ static void *hammer(void *arg) {
       else k->wrong++;
     } else if (st == EH_CLOSED) {
       k->closed++;
+      if (k->stop_when_closed) break;
     } else {
       k->other++;
     }
@@ -98,7 +100,7 @@ static int run_threads(const char *art, const char *frames_path, int w, int ht, 
   worker jobs[2];
   pthread_t threads[2];
   for (int k = 0; k < 2; k++) {
-    jobs[k] = (worker){h, frames + k * nbytes, want + k * nbytes, w, ht, n, 0, 0, 0, 0};
+    jobs[k] = (worker){h, frames + k * nbytes, want + k * nbytes, w, ht, n, 0, 0, 0, 0, 0};
     pthread_create(&threads[k], NULL, hammer, &jobs[k]);
   }
   for (int k = 0; k < 2; k++) pthread_join(threads[k], NULL);
@@ -109,7 +111,9 @@ static int run_threads(const char *art, const char *frames_path, int w, int ht, 
   }
 
   /* eh_close while the other thread runs: its calls finish (right bytes), then read EH_CLOSED */
-  jobs[0] = (worker){h, frames, want, w, ht, n, 0, 0, 0, 0};
+  /* the worker keeps calling until it sees EH_CLOSED: on a loaded machine a mutex need not be fair, so the
+     close may only get the handle after many more calls than n */
+  jobs[0] = (worker){h, frames, want, w, ht, 1000000, 0, 0, 0, 0, 1};
   pthread_create(&threads[0], NULL, hammer, &jobs[0]);
   while (__atomic_load_n(&jobs[0].ok, __ATOMIC_RELAXED) < 5) sched_yield();
   expect("close while another thread runs on the handle", eh_close(&h), EH_OK);
@@ -117,8 +121,7 @@ static int run_threads(const char *art, const char *frames_path, int w, int ht, 
   printf("closed mid-run: %d ok, %d wrong, %d closed, %d other\n", jobs[0].ok, jobs[0].wrong, jobs[0].closed,
          jobs[0].other);
   check("close mid-run: no wrong bytes, the rest EH_CLOSED",
-        jobs[0].wrong == 0 && jobs[0].other == 0 && jobs[0].ok >= 5 && jobs[0].ok + jobs[0].closed == n &&
-            jobs[0].closed > 0);
+        jobs[0].wrong == 0 && jobs[0].other == 0 && jobs[0].ok >= 5 && jobs[0].closed == 1);
   free(frames);
   free(want);
   return finish();
