@@ -13,7 +13,8 @@ import math
 from typing import Any, Dict, List, Optional
 
 #: metrics shown per test set, in this order (those a set has)
-METRICS = ("psnr", "ssim", "halo", "fade", "niqe")
+METRICS = ("psnr", "ssim", "halo", "psnr_in", "fade", "niqe")
+TITLES = {"psnr_in": "PSNR vs input"}
 METHODS = ("hazy input", "dark-channel prior", "student FP32", "student INT8")
 
 
@@ -33,7 +34,7 @@ def quality_lines(quality: Dict[str, Any]) -> List[str]:
     if not quality:
         return ["The packed run's report has no quality table."]
     have = [m for m in METRICS if any(m in (per.get(meth) or {}) for per in quality.values() for meth in METHODS)]
-    lines = ["| test set | images | method | " + " | ".join(m.upper() for m in have) + " |",
+    lines = ["| test set | images | method | " + " | ".join(TITLES.get(m, m.upper()) for m in have) + " |",
              "|---|---:|---|" + "---:|" * len(have)]
     for set_name, per in quality.items():
         for meth in METHODS:
@@ -88,8 +89,10 @@ def _limits(entry: Dict[str, Any]) -> List[str]:
     lines += [
         "- **Night fog** (headlights, street lamps, glow): no night scene in the training data; untested.",
         "- **Dense fog**: fog that hides the scene cannot be restored; the output stays grey where nothing is seen.",
-        "- **Light haze / clear frames**: the model dehazes every frame; `runtime/stream.py --bypass` passes clear "
-        "frames through unchanged.",
+        "- **Light haze / clear frames**: " + ("trained with clear frames as identity pairs and haze up to 20 km "
+        "visibility; the `clear-photos` and `light-haze` rows above say how close it stays to such input. "
+        if names & {"clear_outdoor", "cityscapes4"} else "no clear frame in the training data: the model dehazes "
+        "every frame. ") + "`runtime/stream.py --bypass` passes frames it scores as clear through unchanged.",
         "- **Frame size**: the variant follows the frame's shorter side (see Files); frames far above 1080p run the "
         "1080p variant and see a smaller copy of the scene than it was trained on: downscale them first.",
         "- **Video**: per-frame output flickers (table above); the stream's default smoothing reduces it, camera pans "
@@ -149,7 +152,9 @@ def render_card(name: str, entry: Dict[str, Any]) -> str:
               *quality_lines(entry.get("quality") or {}), "",
               "PSNR/SSIM against ground truth; halo: grey levels of local error within 6 px of strong edges; FADE and "
               "NIQE (lower is better) on real photos without ground truth. FP32 is the exported FP32 graph, INT8 the "
-              "shipped `640` variant, both through the torch-free runtime.", "",
+              "shipped `640` variant, both through the torch-free runtime. PSNR vs input: how far the output is "
+              "from the hazy input (on `clear-photos` it is the PSNR column: 30 dB or more leaves a clear scene "
+              "alone).", "", *_target_lines(entry.get("quality") or {}),
               f"INT8 against FP32 on the pack's probe frame: {entry['probe']['psnr_int8_vs_fp32']:.2f} dB PSNR "
               "(`tests/test_models_zoo.py` re-exports the shipped checkpoint and checks it).", "",
               "## Stream speed (`python runtime/stream.py`, the packed run's report)", "",
@@ -161,6 +166,14 @@ def render_card(name: str, entry: Dict[str, Any]) -> str:
               "(Jetson), and a starting point for fine-tuning on your own data. Not for safety decisions (driving, "
               "surveillance evidence): the output is an enhancement, not a measurement.", ""]
     return "\n".join(lines)
+
+
+def _target_lines(quality: Dict[str, Any]) -> List[str]:
+    """The project's quality targets checked on the packed run's test sets (none for a procedural run)."""
+    from edgehaze.quality import target_lines
+
+    rows = target_lines({k: v for k, v in quality.items() if not k.startswith(("synthetic", "procedural"))})
+    return ["Targets (the INT8 student; README \"Targets\"):", "", *rows, ""] if rows else []
 
 
 def _kw(kwargs: Optional[Dict[str, Any]]) -> str:

@@ -379,7 +379,8 @@ def markdown_table(results: Dict[str, Dict[str, Scores]],
 def target_rows(quality: Dict[str, Dict[str, Dict]], model: str = "student INT8") -> List[Tuple[str, str, bool]]:
     """The outdoor-haze targets checked on one run's test scores: ``(target, measured, met)`` rows.
 
-    ``quality``: per set, per method, a :class:`Scores` as a dict (``{"metrics": ...}``). The
+    ``quality``: per set, per method, a :class:`Scores` as a dict (``{"metrics": ...}``) or the
+    metrics themselves (a model card's manifest). The
     targets are the project's (README, "Targets"): never below the hazy input on a set with ground
     truth; clear photos left alone (>= 30 dB of the input); the prior + 3 dB on SOTS-indoor and every
     FRIDA2 fog; on real photos FADE at most 1.2x the prior's and NIQE below the input's.
@@ -387,7 +388,8 @@ def target_rows(quality: Dict[str, Dict[str, Dict]], model: str = "student INT8"
     rows: List[Tuple[str, str, bool]] = []
 
     def m(set_name: str, method: str, metric: str) -> Optional[float]:
-        v = ((quality.get(set_name) or {}).get(method) or {}).get("metrics", {}).get(metric)
+        scores = (quality.get(set_name) or {}).get(method) or {}
+        v = scores.get("metrics", scores).get(metric)  # a Scores dict, or the model card's {metric: value}
         return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
     for set_name in quality:
