@@ -84,19 +84,11 @@ def _read_json(path: Path, what: str) -> Dict[str, Any]:
         raise EdgehazeError(f"{path}: not valid JSON ({exc}); rerun its stage (edgehaze demo --force report)") from None
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def file_record(path: Path, folder: Path) -> Dict[str, Any]:
     """``{"path", "sha256", "size"}`` of a file, its path relative to the models folder."""
-    return {"path": path.relative_to(folder).as_posix(), "sha256": _sha256(path), "size": path.stat().st_size}
+    from edgehaze.runtime.zoo import sha256_file  # the same digest the runtime checks on load
+
+    return {"path": path.relative_to(folder).as_posix(), "sha256": sha256_file(path), "size": path.stat().st_size}
 
 
 def git_commit(where: Path) -> Dict[str, Any]:

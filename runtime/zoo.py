@@ -183,7 +183,8 @@ def restore_hint(path: Path) -> str:
     return "restore it by reinstalling edgehaze (pip install --force-reinstall edgehaze) or copying runtime/models/ again"
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The file's sha256 (hex), read in 1 MiB blocks: what the manifest records and loading checks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -206,7 +207,7 @@ def verify_file(record: dict, folder: "Path | None" = None) -> Path:
         what = "truncated" if st.st_size < int(record["size"]) else "replaced"
         raise RuntimeError_(Status.BAD_ARTIFACT, f"{path}: {st.st_size} bytes where {folder / MANIFEST} records "
                                                  f"{record['size']} ({what}); {restore_hint(path)}")
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if digest != record["sha256"]:
         raise RuntimeError_(Status.BAD_ARTIFACT, f"{path}: sha256 {digest[:16]}... differs from {record['sha256'][:16]}"
                                                  f"... in {folder / MANIFEST} (changed or corrupted); "
