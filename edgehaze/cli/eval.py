@@ -122,8 +122,10 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("eval") / f"{label}_{data_name}"
     summary = evaluate(
         runner, dataset, out, stats=stats, sheet_rows=args.sheet_rows, save_outputs=args.save_images,
-        extra_summary={"checkpoint": str(args.checkpoint), "model": args.model, "data": str(args.data or args.hazy),
-                       "layout": pairs.layout},
+        extra_summary={"checkpoint": str(args.checkpoint), "data": str(args.data or args.hazy),
+                       "layout": pairs.layout,
+                       # a shipped name or artifact replaces the model description; a checkpoint keeps its own
+                       **({"model": args.model} if args.model is not None else {})},
         baseline=baseline,
     )
     shown = ", ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items() if v is not None)
