@@ -256,43 +256,19 @@ def _stage_data(demo: RealDemo) -> Dict[str, Any]:
                                progress=demo.progress)
     splits = {src.root.name: scene_split([sc.name for sc in src.scenes], test_every=src.test_every,
                                          val_every=src.val_every or s.val_scene_every) for src in sources}
-    shares = training_shares(demo.data / "train")
     for part in ("train", "val"):
         if not counts[part]:
             raise ConfigError(f"--data {demo.data_dir}: no {part} scene after the split (every "
                               f"{s.val_scene_every}-th remaining scene validates); add scenes or change "
                               "val_scene_every in the preset")
     info = {"counts": counts, "root": str(demo.data), "data_dir": str(demo.data_dir), "splits": splits,
-            "train_shares": shares,
+            "train_shares": json.loads((demo.data / "synth.json").read_text())["train_shares"],
             "sources": {src.root.name: {"layout": src.layout, "scenes": len(src.scenes),
                                         "test_every": src.test_every} for src in sources},
             "variants": dict(zip(names, variants)), "recipe": asdict(recipe)}
     atomic_write_bytes(demo.data / "done.json", json.dumps(info, indent=2).encode())
     print(f"wrote {counts['train']} train, {counts['val']} val, {counts['test']} test pairs to {demo.data}")
     return info
-
-
-def training_shares(train_dir: Path) -> Dict[str, Dict[str, Any]]:
-    """Each source's training pairs (count, share, clear frames among them), read from the pairs' meta files."""
-    per: Dict[str, Dict[str, Any]] = {}
-    for meta in sorted((train_dir / "meta").glob("*.json")):
-        m = json.loads(meta.read_text())
-        src = _source_of(str(m.get("scene", "")))
-        row = per.setdefault(src, {"pairs": 0, "clear_frames": 0})
-        row["pairs"] += 1
-        row["clear_frames"] += int(bool(m.get("clear_frame")))
-    total = sum(r["pairs"] for r in per.values()) or 1
-    for r in per.values():
-        r["share"] = round(r["pairs"] / total, 4)
-    return per
-
-
-def _source_of(scene: str) -> str:
-    """The training source a scene name comes from (the loaders' prefixes)."""
-    for prefix, name in (("frida2-", "frida2"), ("cityscapes-", "cityscapes4")):
-        if scene.startswith(prefix):
-            return name
-    return "sots_indoor_train" if scene.isdigit() else "clear_outdoor"
 
 
 def _stage_teacher(demo: RealDemo) -> Dict[str, Any]:

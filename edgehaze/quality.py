@@ -139,7 +139,7 @@ def outdoor_photo_sets(data: Path, split: str = "test") -> List[EvalSet]:
         return []
     split_names = scene_split([photo_name(root, f) for f in files], DEFAULT_TEST_EVERY["photos"],
                               DEFAULT_VAL_EVERY["photos"])[split]
-    scenes = [sc for sc in load_photo_scenes(root, max_side=640, names=set(split_names))]
+    scenes = load_photo_scenes(root, max_side=640, names=set(split_names))
     suffix = "-val" if split == "val" else ""
     clear = _rendered_set("clear-photos" + suffix, scenes, (float("inf"),),
                           f"{len(scenes)} clear outdoor {split} photos: the output should equal the input")
@@ -248,9 +248,12 @@ def benchmark_sets(data: "str | Path", names: Optional[Sequence[str]] = None, sp
     def wanted(name: str) -> bool:
         return not names or any(name.startswith(n) for n in names)
 
+    def may_make(name: str) -> bool:  # "frida2" asks for frida2-U080..., "cityscapes-val" for cityscapes-val
+        return not names or any(name.startswith(n) or n.startswith(name) for n in names)
+
     sets: List[EvalSet] = []
     for makes, factory in _set_factories(data, split):
-        if not any(wanted(m) or (names and any(m.startswith(n) or n.startswith(m) for n in names)) for m in makes):
+        if not any(may_make(m) for m in makes):
             continue
         made = factory()
         for s in (made if isinstance(made, list) else [made]):

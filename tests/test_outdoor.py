@@ -117,3 +117,5 @@ def test_photos_folder_is_a_source_split_by_its_own_rule(tmp_path):
     assert {s.name.split("-")[0] for s in src.scenes} == {"setA", "setB"}
     counts = make_rgbd_dataset([src], tmp_path / "out", variants=1, progress=False)
     assert counts["test"] == 2 and counts["val"] == 2 and counts["train"] == 16
+    shares = json.loads((tmp_path / "out" / "synth.json").read_text())["train_shares"]
+    assert shares == {tmp_path.name: {"pairs": 16, "clear_frames": shares[tmp_path.name]["clear_frames"], "share": 1.0}}

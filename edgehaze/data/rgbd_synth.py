@@ -288,6 +288,8 @@ def make_rgbd_dataset(
         where = {name: part for part, names in split.items() for name in names}
         jobs += [(src, s, where[s.name], n_src) for s in src.scenes]
     counts = {"train": 0, "val": 0, "test": 0}
+    # training pairs per source folder and how many are clear frames: a mix's shares, for reports
+    train_pairs = {src.root.name: {"pairs": 0, "clear_frames": 0} for src in sources}
     bar = None
     if progress:
         from tqdm import tqdm
@@ -305,16 +307,24 @@ def make_rgbd_dataset(
                                                "metric_depth": scene.metric, "seed": seed, "variant": k,
                                                "recipe": asdict(recipe), **params})
             counts[split] += 1
+            if split == "train":
+                train_pairs[src.root.name]["pairs"] += 1
+                train_pairs[src.root.name]["clear_frames"] += int(bool(params.get("clear_frame")))
         if keep_pairs and split != "test":
             for suffix, path in _own_pairs(src, scene):
                 _write_pair(base, f"{scene.name}_{suffix}", read_image(path), scene.clear,
                             {"scene": scene.name, "split": split, "hazy": str(path), "kind": "original pair"})
                 counts[split] += 1
+                if split == "train":
+                    train_pairs[src.root.name]["pairs"] += 1
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    info = {"counts": counts, "sources": [{"root": str(s.root), "layout": s.layout, "scenes": len(s.scenes),
+    total = max(1, counts["train"])
+    for row in train_pairs.values():
+        row["share"] = round(row["pairs"] / total, 4)
+    info = {"counts": counts, "train_shares": train_pairs, "sources": [{"root": str(s.root), "layout": s.layout, "scenes": len(s.scenes),
                                             "test_every": s.test_every, "val_every": s.val_every or val_every}
                                            for s in sources],
             "variants": per_source if len(set(per_source)) > 1 else per_source[0], "seed": seed, "val_every": val_every, "recipe": asdict(recipe)}
