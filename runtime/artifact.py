@@ -173,13 +173,7 @@ def meta_from_metadata_props(props: dict[str, str], source: Path) -> dict:
         raise RuntimeError_(Status.BAD_ARTIFACT,
                             f"{source}: no sidecar {source.with_suffix('.json').name} and no edgehaze "
                             "metadata_props in the ONNX file; re-export with `edgehaze export`")
-    meta = {}
-    for key, value in props.items():
-        try:
-            meta[key] = json.loads(value)
-        except ValueError:
-            meta[key] = value
-    return meta
+    return decode_props(props)
 
 
 def validate_meta(meta: dict, source: Path) -> None:

@@ -245,8 +245,10 @@ def list_photos(root: "str | Path") -> List[Path]:
     from edgehaze.imageio import list_images
 
     root = Path(root)
-    files = list(list_images(root)) if root.is_dir() else []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+    if not root.is_dir():
+        return []
+    files = list(list_images(root))
+    for sub in (p for p in root.iterdir() if p.is_dir()):
         files += list_images(sub)
     return sorted(files, key=lambda p: str(p.relative_to(root)))
 
